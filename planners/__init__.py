@@ -1,0 +1,1 @@
+"""Search: the batched compiled MCTS core and its plain-Python reference."""
