@@ -1,1 +1,137 @@
-"""envs package."""
+"""Environment factory: every environment the suite trains or evaluates on.
+
+``envs.make(env_cfg, num_envs, seed, mode)`` returns a :class:`SuiteVectorEnv`
+(Gymnasium vector env, SAME_STEP autoreset, ``info['next_obs']`` dense) and the
+:class:`EnvSpec` agents build themselves from. Kinds:
+
+- ``gym``: any registered Gymnasium id (classic control: ``CartPole-v1``, ``Acrobot-v1`` ...);
+- ``atari``: ale-py's native vector env under a named protocol (see :mod:`envs.atari`);
+- ``minigrid``: MiniGrid ids, partial or full view (see :mod:`envs.minigrid`);
+- ``game``: two-player board games (``envs.games``): the batched simulator itself,
+  not a vector env, for agents that search with the real rules (``make_game_env``).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from envs.episodes import SuiteVectorEnv
+from envs.spec import EnvSpec
+
+KINDS = ("gym", "atari", "minigrid", "game")
+SNAPSHOT_KINDS = ("gym",)   # kinds whose state envs.snapshot captures whole (exact resume)
+
+__all__ = ["make", "make_spec", "EnvSpec", "SuiteVectorEnv", "KINDS"]
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    return cfg[key] if key in cfg and cfg[key] is not None else default
+
+
+def _gym_vector(env_fn, num_envs: int) -> gym.vector.VectorEnv:
+    return gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+def make(env_cfg: Mapping[str, Any], num_envs: int, seed: int, mode: str = "train",
+         render: bool = False) -> tuple[SuiteVectorEnv, EnvSpec]:
+    """Build ``num_envs`` copies of the configured env, reset with ``seed``.
+
+    ``mode='eval'`` applies the evaluation protocol (Atari: whole games, no
+    life-loss terminals). ``render=True`` asks for RGB frames (videos).
+    """
+    from runtime.errors import UserError
+
+    kind = env_cfg["kind"]
+    if kind not in KINDS:
+        raise UserError(f"unknown environment kind {kind!r}", choices=list(KINDS), key="env.kind")
+    if kind == "game":
+        return make_game_env(env_cfg, num_envs, seed)
+    name = str(env_cfg.get("name", kind))
+    render_mode = "rgb_array" if render else None
+    life_loss = False
+    frame_stack, frame_skip, reward_clip, protocol, max_steps = 0, 1, None, None, None
+    if kind == "gym":
+        env_id = env_cfg["id"]
+        if env_id not in gym.envs.registry:
+            import difflib
+
+            close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=5)
+            raise UserError(f"there is no Gymnasium environment {env_id!r}"
+                            + (f" (did you mean {', '.join(close)}?)" if close else ""), key="env.id")
+        kwargs = dict(_get(env_cfg, "kwargs", {}))
+        vec = _gym_vector(lambda: gym.make(env_id, render_mode=render_mode, **kwargs), num_envs)
+        max_steps = gym.envs.registry[env_id].max_episode_steps
+    elif kind == "atari":
+        from envs.atari import make_atari, resolve_protocol
+
+        protocol = str(_get(env_cfg, "protocol", "machado2018"))
+        proto = resolve_protocol(protocol, dict(env_cfg))
+        vec, life_loss = make_atari(str(env_cfg["game"]), num_envs, proto, eval_mode=(mode == "eval"))
+        frame_stack, frame_skip, reward_clip = proto.frame_stack, proto.frame_skip, proto.reward_clip
+        max_steps = proto.max_episode_frames // proto.frame_skip
+    else:
+        from envs.minigrid import minigrid_env_fn, minigrid_ids
+
+        env_id = env_cfg["id"]
+        ids = minigrid_ids()
+        if env_id not in ids:
+            raise UserError(f"there is no MiniGrid environment {env_id!r}", choices=ids, key="env.id")
+        obs_mode = str(_get(env_cfg, "obs", "image"))
+        if obs_mode not in ("image", "dict"):
+            raise UserError(f"env.obs must be 'image' or 'dict', got {obs_mode!r}", key="env.obs")
+        fn = minigrid_env_fn(env_id, bool(_get(env_cfg, "fully_observed", False)), obs_mode, render_mode)
+        vec = _gym_vector(fn, num_envs)
+        max_steps = gym.envs.registry[env_id].max_episode_steps
+    env = SuiteVectorEnv(vec, life_loss_terminal=life_loss)
+    env.reset(seed=int(seed))
+    if kind != "atari":
+        env.action_space.seed(int(seed))
+    spec = EnvSpec(
+        name=name, observation_space=env.single_observation_space, action_space=env.single_action_space,
+        num_envs=num_envs, frame_stack=frame_stack, frame_skip=frame_skip, max_episode_steps=max_steps,
+        reward_clip=reward_clip, protocol=protocol, extras={"kind": kind, "snapshot": kind in SNAPSHOT_KINDS})
+    return env, spec
+
+
+def make_game_env(env_cfg: Mapping[str, Any], num_envs: int, seed: int):
+    """A batch of ``num_envs`` two-player games (``env.game``) and its spec (``num_players=2``)."""
+    from envs.games import GAME_NAMES, make_game
+    from runtime.errors import UserError
+
+    name = str(env_cfg.get("game") or "")
+    kwargs = dict(_get(env_cfg, "kwargs", {}))
+    try:
+        game = make_game(name, batch_size=num_envs, **kwargs)
+    except ModuleNotFoundError as err:
+        raise UserError(f"env.game={name!r} needs OpenSpiel ({err}); pip install open-spiel", key="env.game") from None
+    except ValueError as err:
+        raise UserError(str(err), choices=list(GAME_NAMES), key="env.game") from None
+    low, high = getattr(game, "observation_bounds", (-1.0, 1.0))
+    obs_space = gym.spaces.Box(low, high, shape=tuple(game.observation_shape), dtype=np.float32)
+    spec = EnvSpec(name=str(env_cfg.get("name", name)), observation_space=obs_space,
+                   action_space=gym.spaces.Discrete(int(game.num_actions)), num_envs=num_envs, num_players=2,
+                   max_episode_steps=int(game.max_game_length),
+                   extras={"kind": "game", "snapshot": False, "game": name})
+    return game, spec
+
+
+def make_spec(env_cfg: Mapping[str, Any]) -> EnvSpec:
+    """The spec of the configured env, from one throwaway copy."""
+    env, spec = make(env_cfg, num_envs=1, seed=0)
+    env.close()
+    return spec
+
+
+def render_frames(env: SuiteVectorEnv, obs: Any, kind: str) -> np.ndarray | None:
+    """An RGB frame of env 0 for videos: the env's own render, or the newest Atari frame."""
+    if kind == "atari":
+        from envs.atari import render_frame
+
+        return render_frame(np.asarray(obs)[0])
+    frames = env.render()
+    if frames is None:
+        return None
+    return np.asarray(frames[0] if isinstance(frames, (list, tuple)) else frames)

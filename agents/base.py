@@ -1,0 +1,122 @@
+"""The Agent contract and the registry of agents.
+
+The trainer only ever calls what is defined here: construction, ``train_iteration``,
+``act``, ``state_dict`` and ``load_state_dict``. How an agent collects data is its
+own business, built from the shared pieces in ``envs/``, ``replay/`` and ``planners/``.
+
+To add an agent, write ``agents/<name>.py`` with a subclass decorated by
+``@register("<name>")`` and a ``Config`` dataclass of its hyperparameters, and
+``conf/agent/<name>.yaml`` with ``name: <name>`` and those hyperparameters.
+An agent living outside this package names its module in the yaml (``module:``).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from envs.spec import EnvSpec
+
+_REGISTRY: dict[str, type["Agent"]] = {}
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    """Fields every agent config has; agents subclass this with their hyperparameters."""
+
+    name: str = ""
+    module: str | None = None
+
+    def validate(self) -> None:
+        """Raise ``runtime.errors.UserError`` naming the key for any value out of range."""
+
+
+class Agent(abc.ABC):
+    """One algorithm. Subclasses read top to bottom as the algorithm itself."""
+
+    Config: ClassVar[type[AgentConfig]] = AgentConfig
+    offline: ClassVar[bool] = False   # offline agents count gradient steps, not env steps
+
+    def __init__(self, cfg: AgentConfig, spec: EnvSpec, device: torch.device,
+                 env: Any | None = None, total_steps: int = 0, seed: int = 0):
+        self.cfg = cfg
+        self.spec = spec
+        self.device = device
+        self.env = env
+        self.total_steps = int(total_steps)
+        self.seed = int(seed)
+
+    @abc.abstractmethod
+    def train_iteration(self) -> dict[str, Any]:
+        """One unit of work; returns metrics plus ``env_steps`` (and ``grad_steps``) consumed."""
+
+    @abc.abstractmethod
+    def act(self, obs: Any, explore: bool = False) -> np.ndarray:
+        """Actions for a batch of observations (deterministic unless ``explore``)."""
+
+    @abc.abstractmethod
+    def state_dict(self, include_replay: bool = True) -> dict[str, Any]:
+        """Everything an exact resume needs: networks, optimizers, schedules, RNG, replay."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+
+    def restart_episodes(self, obs: Any) -> None:
+        """Continue from freshly reset envs (after a resume whose envs could not be restored)."""
+        self.obs = obs
+
+    def parameters_finite(self) -> bool:
+        """False when any network parameter is NaN or infinite."""
+        for module in vars(self).values():
+            if isinstance(module, torch.nn.Module):
+                for p in module.parameters():
+                    if not torch.isfinite(p).all():
+                        return False
+        return True
+
+
+def register(name: str):
+    """Class decorator: make an Agent subclass available as ``agent=<name>``."""
+
+    def wrap(cls: type[Agent]) -> type[Agent]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"agent name {name!r} is already registered by {_REGISTRY[name].__module__}")
+        _REGISTRY[name] = cls
+        cls.registered_name = name
+        return cls
+
+    return wrap
+
+
+def available() -> list[str]:
+    """Names of the agents shipped in ``agents/`` (each has a module of that name)."""
+    import pkgutil
+
+    import agents
+
+    skip = {"base", "networks"}
+    found = {m.name for m in pkgutil.iter_modules(agents.__path__) if m.name not in skip and not m.name.startswith("_")}
+    return sorted(found | set(_REGISTRY))
+
+
+def get(name: str, module: str | None = None) -> type[Agent]:
+    """The agent class registered as ``name``, importing ``agents.<name>`` (or ``module``) first."""
+    from runtime.errors import UserError
+
+    if name not in _REGISTRY:
+        target = module or f"agents.{name}"
+        try:
+            importlib.import_module(target)
+        except ModuleNotFoundError as err:
+            if err.name not in (target, target.rsplit(".", 1)[0]) and not target.startswith(str(err.name)):
+                raise
+            raise UserError(f"unknown agent {name!r} (no module {target})", choices=available(), key="agent") from None
+    if name not in _REGISTRY:
+        raise UserError(f"module for agent {name!r} imported but registers no agent of that name",
+                        choices=available(), key="agent")
+    return _REGISTRY[name]

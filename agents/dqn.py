@@ -1,0 +1,231 @@
+"""Double DQN with optional dueling head and n-step returns (Mnih et al. 2015; van Hasselt et al. 2016).
+
+Config -> networks -> acting -> learning. One ``train_iteration`` steps every
+vector env ``collect_steps`` times with an epsilon-greedy policy, adds the batch
+of transitions to the shared replay, then runs ``gradient_steps`` updates of the
+online network toward ``r + discount * Q_target(s', argmax_a Q_online(s', a))``.
+The replay returns n-step rewards and the discount ``gamma**k`` (zero when the
+episode terminated inside the window; truncation bootstraps).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.base import Agent, AgentConfig, register
+from agents.networks import QHead, make_torso, to_tensor
+from replay import TransitionReplay
+from runtime.errors import UserError
+
+
+@dataclasses.dataclass
+class DQNConfig(AgentConfig):
+    """Hyperparameters; defaults are the Nature DQN's where they exist."""
+
+    learning_rate: float = 1e-4
+    learning_rate_final: float | None = None   # anneal linearly to this over the run (None: constant)
+    adam_eps: float = 1.5e-4
+    batch_size: int = 32
+    buffer_size: int = 100_000
+    learning_starts: int = 20_000      # env steps before the first update
+    gamma: float = 0.99
+    n_step: int = 1
+    collect_steps: int = 1             # vector-env steps per iteration
+    gradient_steps: int = 1            # updates per iteration
+    target_update_interval: int = 2000 # gradient steps between target syncs
+    tau: float = 1.0                   # 1 = hard copy
+    eps_start: float = 1.0
+    eps_end: float = 0.01
+    eps_fraction: float = 0.1          # share of the run over which epsilon decays
+    eval_eps: float = 0.0
+    double: bool = True
+    dueling: bool = False
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
+    head_hidden: int = 0
+    max_grad_norm: float = 10.0
+    loss: str = "huber"
+    prioritized: bool = False
+    priority_alpha: float = 0.6
+    priority_beta: float = 0.4
+
+    def validate(self) -> None:
+        checks = {
+            "learning_rate": self.learning_rate > 0,
+            "learning_rate_final": self.learning_rate_final is None or self.learning_rate_final >= 0, "batch_size": self.batch_size > 0,
+            "buffer_size": self.buffer_size > 0, "learning_starts": self.learning_starts >= 0,
+            "gamma": 0.0 <= self.gamma <= 1.0, "n_step": self.n_step >= 1,
+            "collect_steps": self.collect_steps >= 1, "gradient_steps": self.gradient_steps >= 0,
+            "target_update_interval": self.target_update_interval >= 1, "tau": 0.0 < self.tau <= 1.0,
+            "eps_start": 0.0 <= self.eps_start <= 1.0, "eps_end": 0.0 <= self.eps_end <= 1.0,
+            "eps_fraction": 0.0 <= self.eps_fraction <= 1.0, "eval_eps": 0.0 <= self.eval_eps <= 1.0,
+            "max_grad_norm": self.max_grad_norm > 0, "loss": self.loss in ("huber", "mse"),
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
+
+
+class QNetwork(nn.Module):
+    """Torso chosen from the observation space, then a (dueling) Q head."""
+
+    def __init__(self, spec, cfg: DQNConfig):
+        super().__init__()
+        self.torso = make_torso(spec.observation_space, cfg.hidden)
+        self.head = QHead(self.torso.out_features, spec.num_actions, cfg.dueling, cfg.head_hidden)
+
+    def forward(self, obs: Any) -> torch.Tensor:
+        return self.head(self.torso(obs))
+
+
+@register("dqn")
+class DQN(Agent):
+    """Double DQN agent over a vector env."""
+
+    Config = DQNConfig
+
+    def __init__(self, cfg: DQNConfig, spec, device, env=None, total_steps: int = 0, seed: int = 0):
+        super().__init__(cfg, spec, device, env, total_steps, seed)
+        torch.manual_seed(seed)
+        self.q = QNetwork(spec, cfg).to(device)
+        self.q_target = QNetwork(spec, cfg).to(device)
+        self.q_target.load_state_dict(self.q.state_dict())
+        self.q_target.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        self.rng = np.random.default_rng(seed)
+        self.replay = TransitionReplay(
+            capacity=cfg.buffer_size, observation_space=spec.observation_space, action_space=spec.action_space,
+            num_envs=spec.num_envs, n_step=cfg.n_step, gamma=cfg.gamma, frame_stack=spec.frame_stack,
+            prioritized=cfg.prioritized, alpha=cfg.priority_alpha, beta=cfg.priority_beta,
+            seed=seed, device=device)
+        self.env_steps = 0
+        self.grad_steps = 0
+        self.obs = None if env is None else env.reset(seed=seed)[0]
+
+    # ----------------------------------------------------------------- acting
+    def epsilon(self) -> float:
+        """Linearly decayed exploration rate at the current env step."""
+        horizon = max(1.0, self.cfg.eps_fraction * self.total_steps)
+        frac = min(1.0, self.env_steps / horizon)
+        return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)
+
+    @torch.no_grad()
+    def greedy(self, obs: Any) -> np.ndarray:
+        return self.q(to_tensor(obs, self.device)).argmax(dim=-1).cpu().numpy()
+
+    def act(self, obs: Any, explore: bool = False, epsilon: float | None = None) -> np.ndarray:
+        """Greedy actions, or epsilon-greedy ones when ``explore`` (training) or ``eval_eps`` > 0."""
+        eps = (self.epsilon() if explore else self.cfg.eval_eps) if epsilon is None else epsilon
+        actions = self.greedy(obs)
+        if eps > 0:
+            batch = actions.shape[0]
+            random_mask = self.rng.random(batch) < eps
+            actions = np.where(random_mask, self.rng.integers(0, self.spec.num_actions, batch), actions)
+        return actions
+
+    def collect(self) -> dict[str, Any]:
+        """Step the vector env ``collect_steps`` times and store the transitions."""
+        for _ in range(self.cfg.collect_steps):
+            warming = self.env_steps < self.cfg.learning_starts
+            eps = 1.0 if warming else None
+            actions = self.act(self.obs, explore=True, epsilon=eps)
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            self.replay.add(self.obs, actions, reward, info["next_obs"], terminated, truncated)
+            self.obs = next_obs
+            self.env_steps += self.spec.num_envs
+        return {"epsilon": self.epsilon()}
+
+    # --------------------------------------------------------------- learning
+    def learning_rate(self) -> float:
+        """The (optionally linearly annealed) learning rate at the current env step."""
+        if self.cfg.learning_rate_final is None:
+            return self.cfg.learning_rate
+        frac = min(1.0, self.env_steps / max(1, self.total_steps))
+        return self.cfg.learning_rate + frac * (self.cfg.learning_rate_final - self.cfg.learning_rate)
+
+    def learn(self) -> dict[str, Any]:
+        """``gradient_steps`` double-DQN updates from replayed n-step transitions."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        losses, q_means = [], []
+        for _ in range(cfg.gradient_steps):
+            batch = self.replay.sample(cfg.batch_size)
+            reward = batch.reward
+            if self.spec.reward_clip is not None:
+                reward = reward.clamp(-self.spec.reward_clip * cfg.n_step, self.spec.reward_clip * cfg.n_step)
+            with torch.no_grad():
+                next_q_target = self.q_target(batch.next_obs)
+                if cfg.double:
+                    next_action = self.q(batch.next_obs).argmax(dim=-1, keepdim=True)
+                else:
+                    next_action = next_q_target.argmax(dim=-1, keepdim=True)
+                target = reward + batch.discount * next_q_target.gather(1, next_action).squeeze(1)
+            q = self.q(batch.obs).gather(1, batch.action.long().view(-1, 1)).squeeze(1)
+            td = q - target
+            per_item = F.smooth_l1_loss(q, target, reduction="none") if cfg.loss == "huber" else td.pow(2)
+            loss = (per_item * batch.weights).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            if cfg.prioritized:
+                self.replay.update_priorities(batch.indices, td.detach().abs().cpu().numpy())
+            self.grad_steps += 1
+            if self.grad_steps % cfg.target_update_interval == 0 or cfg.tau < 1.0:
+                self.sync_target()
+            losses.append(loss.detach())
+            q_means.append(q.detach().mean())
+        if not losses:
+            return {}
+        return {"loss": torch.stack(losses).mean().item(), "q_mean": torch.stack(q_means).mean().item(),
+                "learning_rate": self.learning_rate()}
+
+    @torch.no_grad()
+    def sync_target(self) -> None:
+        """Polyak-average (or copy, tau = 1) the online weights into the target network."""
+        for target, online in zip(self.q_target.parameters(), self.q.parameters()):
+            target.lerp_(online, self.cfg.tau)
+
+    def train_iteration(self) -> dict[str, Any]:
+        before = self.env_steps
+        metrics = self.collect()
+        if self.env_steps >= self.cfg.learning_starts and len(self.replay) >= self.cfg.batch_size:
+            metrics.update(self.learn())
+        metrics["env_steps"] = self.env_steps - before
+        metrics["grad_steps_total"] = self.grad_steps
+        return metrics
+
+    def restart_episodes(self, obs: Any) -> None:
+        """Continue from freshly reset envs: the replay closes the interrupted episodes."""
+        self.obs = obs
+        self.replay.abandon_episodes()
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self, include_replay: bool = True) -> dict[str, Any]:
+        state = {
+            "q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "env_steps": self.env_steps, "grad_steps": self.grad_steps,
+            "obs": self.obs,
+        }
+        if include_replay:
+            state["replay"] = self.replay.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.q.load_state_dict(state["q"])
+        self.q_target.load_state_dict(state["q_target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.env_steps = int(state["env_steps"])
+        self.grad_steps = int(state["grad_steps"])
+        if state.get("obs") is not None:
+            self.obs = state["obs"]
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])

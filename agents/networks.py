@@ -1,0 +1,122 @@
+"""Shared network pieces: torsos that turn any suite observation into features, and heads."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+
+def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, last_activation: bool = False) -> nn.Sequential:
+    """Linear layers of the given sizes with activations in between."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2 or last_activation:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class NatureCNN(nn.Module):
+    """The DQN Nature torso (Mnih et al. 2015) for 84 x 84 stacks; uint8 in, features out."""
+
+    def __init__(self, in_channels: int, image_size: int = 84, features: int = 512):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
+        self.out_features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x.float() / 255.0))
+
+
+class GridCNN(nn.Module):
+    """A small torso for MiniGrid-sized images (a few cells a side), values are object codes."""
+
+    def __init__(self, in_channels: int, height: int, width: int, features: int = 128):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 2), nn.ReLU(),
+            nn.Conv2d(32, 64, 2), nn.ReLU(), nn.Flatten())
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, in_channels, height, width)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
+        self.out_features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x.float() / 10.0))
+
+
+class VectorTorso(nn.Module):
+    """An MLP for flat vector observations."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int]):
+        super().__init__()
+        self.net = mlp([in_features, *hidden], last_activation=True)
+        self.out_features = hidden[-1] if hidden else in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float().flatten(1))
+
+
+class DictTorso(nn.Module):
+    """Encodes each entry of a dict observation with its own torso and concatenates."""
+
+    def __init__(self, space: gym.spaces.Dict, hidden: Sequence[int]):
+        super().__init__()
+        self.parts = nn.ModuleDict({key: make_torso(sub, hidden) for key, sub in space.spaces.items()})
+        self.out_features = sum(p.out_features for p in self.parts.values())
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.parts[key](x[key]) for key in self.parts], dim=-1)
+
+
+def make_torso(space: gym.Space, hidden: Sequence[int] = (256, 256)) -> nn.Module:
+    """The torso that fits ``space``: Nature CNN for Atari-sized images, a small CNN for
+    grid images, an MLP for vectors, one of each per entry for dicts."""
+    if isinstance(space, gym.spaces.Dict):
+        return DictTorso(space, hidden)
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 3:
+        c, h, w = space.shape
+        if min(h, w) >= 36:
+            return NatureCNN(c, h)
+        return GridCNN(c, h, w)
+    if isinstance(space, gym.spaces.Discrete):
+        raise TypeError("discrete observations: one-hot them in the env (no torso for Discrete spaces)")
+    return VectorTorso(int(np.prod(space.shape)), hidden)
+
+
+class QHead(nn.Module):
+    """Action values from features; ``dueling`` splits value and advantage (Wang et al. 2016)."""
+
+    def __init__(self, in_features: int, num_actions: int, dueling: bool = False, hidden: int = 0):
+        super().__init__()
+        self.dueling = dueling
+
+        def stream(out: int) -> nn.Module:
+            return mlp([in_features, hidden, out]) if hidden else nn.Linear(in_features, out)
+
+        self.advantage = stream(num_actions)
+        self.value = stream(1) if dueling else None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        adv = self.advantage(features)
+        if self.value is None:
+            return adv
+        return self.value(features) + adv - adv.mean(dim=-1, keepdim=True)
+
+
+def to_tensor(obs: Any, device: torch.device) -> Any:
+    """A batch of observations (array or dict of arrays) as tensors on ``device``, dtype kept."""
+    if isinstance(obs, dict):
+        return {key: to_tensor(value, device) for key, value in obs.items()}
+    if isinstance(obs, torch.Tensor):
+        return obs.to(device)
+    return torch.as_tensor(np.asarray(obs), device=device)

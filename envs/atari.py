@@ -1,0 +1,103 @@
+"""Atari through ale-py's native vector environment, with named evaluation protocols.
+
+A protocol fixes everything that changes scores between papers. Two presets:
+
+``machado2018`` (Machado et al. 2018, "Revisiting the ALE"; Gymnasium's ALE v5 defaults)
+    frame skip 4 with max-pooling of the last two frames, sticky actions with
+    probability 0.25, no no-op starts (sticky actions already randomise), no
+    life-loss terminals, episodes capped at 108,000 frames (27,000 agent steps),
+    minimal action set, 84x84 grayscale, stacks of 4.
+
+``atari100k`` (Kaiser et al. 2020, as run by DER, DrQ and DrQ(epsilon) in Dopamine's
+``DataEfficientAtariRunner``)
+    frame skip 4, NO sticky actions, up to 30 no-op starts, a lost life is a
+    terminal for learning (the game goes on; evaluation and reported returns count
+    whole games), episodes capped at 108,000 frames, minimal action set, 84x84
+    grayscale, stacks of 4.
+
+Rewards reach agents unclipped; ``EnvSpec.reward_clip`` = 1 tells agents to clip
+their learning rewards, so logged returns are always game scores.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+PROTOCOLS: dict[str, "AtariProtocol"] = {}
+
+
+@dataclass(frozen=True)
+class AtariProtocol:
+    """Every setting that differs between Atari evaluation protocols."""
+
+    frame_skip: int = 4
+    sticky_actions: float = 0.25
+    noop_max: int = 0
+    life_loss_terminal: bool = False
+    max_episode_frames: int = 108_000
+    full_action_space: bool = False
+    frame_stack: int = 4
+    image_size: int = 84
+    reward_clip: float | None = 1.0
+
+
+PROTOCOLS["machado2018"] = AtariProtocol()
+PROTOCOLS["atari100k"] = AtariProtocol(sticky_actions=0.0, noop_max=30, life_loss_terminal=True)
+
+
+def game_names() -> list[str]:
+    """Every ROM name that ale-py ships."""
+    from ale_py import roms
+
+    return sorted(roms.get_all_rom_ids())
+
+
+def resolve_protocol(name: str, overrides: dict) -> AtariProtocol:
+    """The named protocol with any non-null overrides from the config applied."""
+    from runtime.errors import UserError
+
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown Atari protocol {name!r}", choices=sorted(PROTOCOLS), key="env.protocol")
+    fields = set(asdict(PROTOCOLS[name]))
+    given = {k: v for k, v in overrides.items() if k in fields and v is not None}
+    return replace(PROTOCOLS[name], **given)
+
+
+def make_atari(game: str, num_envs: int, protocol: AtariProtocol, eval_mode: bool):
+    """An ale-py vector env for ``game`` under ``protocol`` (whole games when ``eval_mode``)."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    from runtime.errors import UserError
+
+    names = game_names()
+    if game not in names:
+        import difflib
+
+        close = difflib.get_close_matches(game, names, n=5)
+        raise UserError(
+            f"there is no Atari game named {game!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""),
+            choices=names, key="env.game")
+    life_loss = protocol.life_loss_terminal and not eval_mode
+    return AtariVectorEnv(
+        game, num_envs,
+        frameskip=protocol.frame_skip,
+        repeat_action_probability=float(protocol.sticky_actions),
+        noop_max=protocol.noop_max,
+        episodic_life=False,
+        life_loss_info=life_loss,   # terminal on a lost life, the game goes on (Dopamine's semantics)
+        max_num_frames_per_episode=protocol.max_episode_frames,
+        full_action_space=protocol.full_action_space,
+        stack_num=protocol.frame_stack,
+        img_height=protocol.image_size, img_width=protocol.image_size,
+        reward_clipping=False,
+        autoreset_mode=AutoresetMode.SAME_STEP,
+        num_threads=max(1, min(num_envs, 2)),
+    ), life_loss
+
+
+def render_frame(obs: np.ndarray) -> np.ndarray:
+    """An RGB frame for videos from a stacked grayscale observation (its newest frame)."""
+    frame = obs[-1]
+    return np.repeat(frame[..., None], 3, axis=-1)

@@ -1,0 +1,123 @@
+"""Evaluate a saved policy: ``python eval.py checkpoint=<file or run dir> [episodes=N] [video=true]``.
+
+Rebuilds env and agent from the config stored in the checkpoint (command-line
+``env.*`` / ``agent.*`` overrides win), plays seeded episodes, prints a summary
+table and writes ``eval.json`` next to the checkpoint. ``compare=[dirs...]``
+draws learning curves of several runs with 95% bootstrap bands into a PNG.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from runtime.cli import run_hydra, user_errors
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    """Load, rebuild, play, summarise; returns what eval.json holds."""
+    import torch
+
+    from agents import base
+    from envs import make_spec
+    from runtime import checkpoint as ckpt
+    from runtime.config import validate
+    from runtime.errors import UserError
+    from runtime.evaluation import record_video, run_episodes, summarize
+
+    data = ckpt.load(cfg.checkpoint)
+    stored = OmegaConf.create(data["config"])
+    overrides = OmegaConf.create({"env": OmegaConf.to_container(cfg.env), "agent": OmegaConf.to_container(cfg.agent)})
+    merged = OmegaConf.merge(stored, overrides)
+    merged.resume = None
+    settings = validate(merged)
+    if cfg.opponent is not None:
+        raise UserError(f"opponent={cfg.opponent!r} needs a two-player game; {settings.env.name} is single-player",
+                        key="opponent")
+    env_cfg = OmegaConf.to_container(merged.env, resolve=True)
+    spec = make_spec({**env_cfg, "num_envs": 1})
+    spec = type(spec)(**{**spec.__dict__, "num_envs": 1})
+    agent_cls = base.get(settings.agent.name, settings.agent.module)
+    agent = agent_cls(settings.agent, spec, torch.device("cpu"), env=None,
+                      total_steps=settings.run.total_env_steps, seed=int(cfg.seed))
+    state = dict(data["agent"])
+    state.pop("replay", None)
+    state.pop("obs", None)
+    try:
+        agent.load_state_dict(state)
+    except (KeyError, RuntimeError) as err:
+        raise UserError(f"checkpoint {data['path']!r} does not fit agent {settings.agent.name!r} "
+                        f"with this config ({str(err).splitlines()[0][:200]})", key="checkpoint") from None
+    returns = run_episodes(agent, env_cfg, int(cfg.episodes), int(cfg.num_envs), int(cfg.seed), bool(cfg.explore))
+    stats = summarize(returns, seed=int(cfg.seed))
+    out_dir = Path(data["path"]).parent
+    result = {"checkpoint": data["path"], "agent": settings.agent.name, "env": settings.env.name,
+              "trained_steps": data["progress"]["steps"], "seed": int(cfg.seed), "explore": bool(cfg.explore),
+              "returns": returns.tolist(), **stats}
+    if cfg.video:
+        video = record_video(agent, env_cfg, out_dir / "eval.mp4", seed=int(cfg.seed))
+        result["video"] = str(video)
+    tmp = out_dir / ".eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out_dir / "eval.json")
+    return result
+
+
+def print_summary(result: dict) -> None:
+    """The summary table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['agent']} on {result['env']}: {result['episodes']} episodes "
+                        f"after {result['trained_steps']:,} training steps")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for name in ("mean", "median", "iqm"):
+        low, high = result[f"{name}_ci"]
+        table.add_row(name, f"{result[name]:.2f}", f"[{low:.2f}, {high:.2f}]")
+    table.add_row("std", f"{result['std']:.2f}", "")
+    table.add_row("min / max", f"{result['min']:.2f} / {result['max']:.2f}", "")
+    Console(width=100).print(table)
+    extra = f"; video {result['video']}" if "video" in result else ""
+    print(f"wrote {Path(result['checkpoint']).parent / 'eval.json'}{extra}")
+
+
+@hydra.main(config_path="conf", config_name="eval", version_base=None)
+@user_errors
+def main(cfg: DictConfig) -> None:
+    from runtime.errors import UserError
+
+    if cfg.compare is not None:
+        from runtime.compare import group_curves, plot
+
+        paths = list(cfg.compare) if not isinstance(cfg.compare, str) else [cfg.compare]
+        groups = group_curves([str(p) for p in paths], str(cfg.metric))
+        output = plot(groups, str(cfg.metric), Path(str(cfg.output or "compare.png")))
+        for name, g in groups.items():
+            print(f"{name:40s} runs={len(g['runs'])}  final {cfg.metric} = {g['final_mean']:.2f} "
+                  f"[{g['low'][-1]:.2f}, {g['high'][-1]:.2f}]")
+        print(f"wrote {output}")
+        return
+    if cfg.checkpoint is None:
+        raise UserError("nothing to evaluate: give checkpoint=<file or run dir> or compare=[run dirs]",
+                        key="checkpoint")
+    print_summary(evaluate_checkpoint(cfg))
+
+
+def _plus_nested_overrides(argv: list[str]) -> list[str]:
+    """Let ``env.x=y`` and ``agent.x=y`` add keys to the (empty) override sections."""
+    out = []
+    for arg in argv:
+        if arg.split("=", 1)[0].startswith(("env.", "agent.")) and "=" in arg:
+            arg = "+" + arg
+        out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0]] + _plus_nested_overrides(sys.argv[1:])
+    run_hydra(main, "eval")

@@ -1,0 +1,109 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), clear errors for bad files.
+
+A checkpoint is one ``torch.save`` file holding only tensors, numbers, strings,
+lists and dicts, so ``torch.load(weights_only=True)`` opens it without running
+code. Numpy arrays are stored as tensors tagged ``{"__ndarray__": tensor}`` and
+turned back on load. The file is written to a temporary name in the same folder
+and renamed into place, so a run killed mid-write leaves the previous checkpoint
+intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.errors import UserError
+
+FORMAT = "arbor-checkpoint"
+VERSION = 1
+
+
+def to_safe(obj: Any) -> Any:
+    """Convert numpy values inside ``obj`` to types ``weights_only`` loading accepts."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise TypeError("object arrays cannot be checkpointed safely")
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj)).clone()}
+    if isinstance(obj, (np.bool_, np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        converted = [to_safe(v) for v in obj]
+        return converted if isinstance(obj, list) else tuple(converted)
+    return obj
+
+
+def from_safe(obj: Any) -> Any:
+    """Inverse of :func:`to_safe`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__ndarray__"}:
+            return obj["__ndarray__"].numpy()
+        return {k: from_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_safe(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(from_safe(v) for v in obj)
+    return obj
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "version": VERSION, **to_safe(payload)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file from a file path or a run directory (its ``checkpoints/latest.pt``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "latest.pt", path / "latest.pt"):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"no checkpoint in run directory {str(path)!r} (expected checkpoints/latest.pt)",
+                        key="checkpoint")
+    if not path.exists():
+        raise UserError(f"checkpoint {str(path)!r} does not exist", key="checkpoint")
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely; corrupt, truncated or foreign files raise UserError."""
+    path = resolve(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint of this suite ({first[:200]})",
+                        key="checkpoint") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{str(path)!r} is not a checkpoint of this suite", key="checkpoint")
+    if data.get("version", 0) > VERSION:
+        raise UserError(f"checkpoint {str(path)!r} has format version {data['version']}, newer than this "
+                        f"suite reads ({VERSION}); upgrade the suite", key="checkpoint")
+    for key in ("config", "agent", "progress"):
+        if key not in data:
+            raise UserError(f"checkpoint {str(path)!r} is incomplete (no {key!r})", key="checkpoint")
+    data = from_safe(data)
+    data["path"] = str(path)
+    return data

@@ -1,0 +1,88 @@
+"""Bad input ends with one clear paragraph, exit status 2, no stack trace, and nothing damaged."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli
+
+
+def assert_usage_error(result, *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+def test_unknown_agent_lists_choices(tmp_path):
+    result = run_cli("train.py", "agent=dqnn", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "unknown agent 'dqnn'", "dqn")
+
+
+def test_unknown_env_lists_choices(tmp_path):
+    result = run_cli("train.py", "env=cartpol", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "unknown env 'cartpol'", "cartpole", "atari", "minigrid")
+
+
+def test_misspelt_key_names_key_and_suggestion(tmp_path):
+    result = run_cli("train.py", "total_env_stepz=100", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "total_env_stepz", "did you mean total_env_steps")
+
+
+def test_misspelt_nested_key(tmp_path):
+    result = run_cli("train.py", "agent.learning_rat=0.1", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "agent.learning_rat", "agent.learning_rate")
+
+
+def test_value_out_of_range_names_key(tmp_path):
+    result = run_cli("train.py", "agent.gamma=1.5", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "agent.gamma", "out of range")
+
+
+def test_wrong_type_names_key(tmp_path):
+    result = run_cli("train.py", "agent.batch_size=many", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "agent.batch_size")
+
+
+def test_unknown_atari_game_suggests(tmp_path):
+    result = run_cli("train.py", "env=atari", "env.game=breakoutt", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "no Atari game named 'breakoutt'", "breakout")
+
+
+def test_missing_checkpoint(tmp_path):
+    result = run_cli("eval.py", f"checkpoint={tmp_path / 'nope.pt'}")
+    assert_usage_error(result, "does not exist")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate"])
+def test_corrupt_checkpoint_is_refused_and_left_alone(tiny_run, damage):
+    _, run_dir = tiny_run
+    path = run_dir / "checkpoints" / "latest.pt"
+    if damage == "garbage":
+        path.write_bytes(os.urandom(4096))
+    else:
+        path.write_bytes(path.read_bytes()[:5000])
+    before = path.read_bytes()
+    result = run_cli("eval.py", f"checkpoint={path}")
+    assert_usage_error(result, "corrupt")
+    result = run_cli("train.py", f"resume={run_dir}", "logger=none")
+    assert_usage_error(result, "corrupt")
+    assert path.read_bytes() == before
+
+
+def test_resume_with_mismatched_config_is_refused(tiny_run):
+    _, run_dir = tiny_run
+    before = (run_dir / "checkpoints" / "latest.pt").read_bytes()
+    metrics_before = (run_dir / "metrics.jsonl").read_text()
+    result = run_cli("train.py", f"resume={run_dir}", "agent.learning_rate=0.5", "logger=none")
+    assert_usage_error(result, "does not match", "agent.learning_rate")
+    assert (run_dir / "checkpoints" / "latest.pt").read_bytes() == before
+    assert (run_dir / "metrics.jsonl").read_text() == metrics_before
+
+
+def test_debug_shows_trace(tmp_path):
+    result = run_cli("train.py", "agent.gamma=1.5", "logger=none", f"runs_root={tmp_path}", "debug=true")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr

@@ -1,0 +1,106 @@
+"""The environment factory: spaces, SAME_STEP next observations, game returns, snapshots."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs.snapshot import capture_env_state, restore_env_state
+
+CARTPOLE = {"kind": "gym", "id": "CartPole-v1", "name": "cartpole"}
+
+
+def test_cartpole_next_obs_is_final_observation_at_episode_end():
+    env, spec = envs.make(CARTPOLE, num_envs=3, seed=0)
+    assert spec.num_actions == 2 and spec.observation_space.shape == (4,)
+    obs, _ = env.reset(seed=0)
+    seen_end = False
+    for _ in range(200):
+        next_obs, reward, terminated, truncated, info = env.step(np.ones(3, dtype=np.int64))  # always push right
+        done = terminated | truncated
+        # running envs: next_obs is the observation returned; finished ones: the terminal state, out of bounds
+        np.testing.assert_array_equal(info["next_obs"][~done], next_obs[~done])
+        if done.any():
+            seen_end = True
+            final = info["next_obs"][done]
+            assert (np.abs(final[:, 0]) > 2.4).any() or (np.abs(final[:, 2]) > 0.2094).any()
+            assert not np.allclose(final, next_obs[done])   # the returned obs is the new episode's first
+        obs = next_obs
+    assert seen_end
+    returns, lengths = env.pop_episodes()
+    assert len(returns) > 0 and returns == [float(n) for n in lengths]   # +1 per step in CartPole
+
+
+def test_snapshot_restores_identical_future():
+    env, _ = envs.make(CARTPOLE, num_envs=2, seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        env.step(rng.integers(0, 2, 2))
+    state = capture_env_state(env)
+    actions = rng.integers(0, 2, size=(60, 2))
+    first = [env.step(a)[0].copy() for a in actions]
+    other, _ = envs.make(CARTPOLE, num_envs=2, seed=99)
+    restore_env_state(other, state)
+    second = [other.step(a)[0].copy() for a in actions]
+    np.testing.assert_array_equal(np.stack(first), np.stack(second))
+
+
+def test_minigrid_image_and_dict_observations():
+    env, spec = envs.make({"kind": "minigrid", "id": "MiniGrid-Empty-5x5-v0", "name": "mg"}, num_envs=2, seed=0)
+    assert spec.observation_space.shape == (3, 7, 7) and spec.is_image
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2, 3, 7, 7) and obs.dtype == np.uint8
+    full, spec_full = envs.make({"kind": "minigrid", "id": "MiniGrid-Empty-5x5-v0", "name": "mg",
+                                 "fully_observed": True}, num_envs=1, seed=0)
+    assert spec_full.observation_space.shape == (3, 5, 5)
+    dict_env, spec_dict = envs.make({"kind": "minigrid", "id": "MiniGrid-Empty-5x5-v0", "name": "mg",
+                                     "obs": "dict"}, num_envs=2, seed=0)
+    obs, _ = dict_env.reset(seed=0)
+    assert set(obs) == {"image", "direction"} and obs["image"].shape == (2, 3, 7, 7)
+
+
+def test_minigrid_wrapper_passes_check_env():
+    from envs.minigrid import minigrid_env_fn
+
+    for fully_observed in (False, True):
+        for mode in ("image", "dict"):
+            check_env(minigrid_env_fn("MiniGrid-Empty-5x5-v0", fully_observed, mode, None)(),
+                      skip_render_check=True)
+
+
+@pytest.mark.parametrize("protocol,sticky,life_loss", [("machado2018", 0.25, False), ("atari100k", 0.0, True)])
+def test_atari_protocols(protocol, sticky, life_loss):
+    from envs.atari import resolve_protocol
+
+    proto = resolve_protocol(protocol, {})
+    assert proto.sticky_actions == sticky and proto.life_loss_terminal == life_loss
+    assert proto.frame_skip == 4 and proto.max_episode_frames == 108_000
+    env, spec = envs.make({"kind": "atari", "game": "breakout", "protocol": protocol, "name": "b"}, 2, seed=0)
+    assert spec.observation_space.shape == (4, 84, 84) and spec.frame_stack == 4 and spec.reward_clip == 1.0
+    assert spec.max_episode_steps == 27_000
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    env.close()
+
+
+def test_atari_override_and_life_loss_game_returns():
+    """Life loss ends a learning episode but the reported return is the whole game's."""
+    cfg = {"kind": "atari", "game": "breakout", "protocol": "atari100k", "name": "b", "max_episode_frames": 4000}
+    env, _ = envs.make(cfg, num_envs=1, seed=0)
+    env.reset(seed=0)
+    terminals, games = 0, 0
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for _ in range(1000):
+        _, reward, terminated, truncated, info = env.step(rng.integers(0, 4, 1))
+        total += float(reward[0])
+        terminals += int(terminated[0])
+        games += int(info["game_over"][0])
+        if games:
+            break
+    assert games == 1
+    assert terminals == 5          # breakout: five lives, each loss a learning terminal, the last one the game's end
+    returns, _ = env.pop_episodes()
+    assert returns == [total]
+    env.close()
