@@ -108,7 +108,7 @@ class RunConfig:
     debug: bool = False
     runs_root: str = "runs"
     torch_threads: int = 0       # 0: leave torch's default
-    experiment: str | None = None
+    preset: str | None = None    # set by +experiment=<preset>
 
     def validate(self) -> None:
         if self.total_env_steps <= 0:

@@ -202,7 +202,7 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         jsonl = JsonlWriter(self.run_dir / "metrics.jsonl",
                             truncate_after_step=self.steps if self.resume_data is not None else None)
-        tags = [s.agent.name, s.env.name] + ([s.run.experiment] if s.run.experiment else [])
+        tags = [s.agent.name, s.env.name] + ([s.run.preset] if s.run.preset else [])
         logger = make_logger(s.logger, self.run_dir, config_dict, name=self.run_dir.name,
                              group=f"{s.agent.name}-{s.env.name}", tags=tags, resume_id=self.wandb_id)
         self.wandb_id = getattr(logger, "run_id", None)
@@ -233,10 +233,11 @@ class Trainer:
                     record.update(last)
                     record.update({"train/episode_return": recent, "train/episodes": self.episodes,
                                    "time/steps_per_second": (self.steps - start_steps) / max(elapsed, 1e-9)})
-                if self.steps >= self.next_eval:
+                if self.steps >= self.next_eval:   # (the final evaluation below covers the last step)
                     self.next_eval += s.eval.interval * max(1, math.ceil((self.steps - self.next_eval + 1)
                                                                          / s.eval.interval))
-                    record.update(self.evaluate())
+                    if self.steps < s.run.total_env_steps:
+                        record.update(self.evaluate())
                 if record:
                     jsonl.write({self.unit: self.steps, **record})
                     logger.log(record, self.steps)
