@@ -34,6 +34,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     merged = OmegaConf.merge(stored, overrides)
     merged.resume = None
     settings = validate(merged)
+    if settings.run.torch_threads > 0:
+        torch.set_num_threads(settings.run.torch_threads)
     if cfg.opponent is not None:
         raise UserError(f"opponent={cfg.opponent!r} needs a two-player game; {settings.env.name} is single-player",
                         key="opponent")

@@ -29,12 +29,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from runtime.atomic import atomic_write
 
 MAGIC = b"ARBORRPL"
 VERSION = 1
@@ -85,24 +86,13 @@ def write(path: str | os.PathLike, meta: Mapping[str, Any], arrays: Mapping[str,
         raise RuntimeError("could not lay out replay file header")
     file_size = header["file_size"]
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".arbor-replay", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, VERSION, zlib.crc32(header_bytes) & 0xFFFFFFFF, len(header_bytes)))
-            f.write(header_bytes)
-            for entry, array in zip(entries, prepared):
-                f.write(b"\0" * (entry["offset"] - f.tell()))
-                f.write(memoryview(array.reshape(-1).view(np.uint8)))
-            f.write(b"\0" * (file_size - f.tell()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(_PREFIX.pack(MAGIC, VERSION, zlib.crc32(header_bytes) & 0xFFFFFFFF, len(header_bytes)))
+        f.write(header_bytes)
+        for entry, array in zip(entries, prepared):
+            f.write(b"\0" * (entry["offset"] - f.tell()))
+            f.write(memoryview(array.reshape(-1).view(np.uint8)))
+        f.write(b"\0" * (file_size - f.tell()))
     return file_size
 
 

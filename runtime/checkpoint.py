@@ -9,9 +9,7 @@ intact.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from runtime.atomic import atomic_write
 from runtime.errors import UserError
 
 FORMAT = "arbor-checkpoint"
@@ -57,19 +56,9 @@ def from_safe(obj: Any) -> Any:
 def save(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically to ``path``; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, **to_safe(payload)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(data, f)
     return path
 
 

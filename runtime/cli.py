@@ -91,17 +91,12 @@ def user_errors(task):
 
 
 def run_hydra(main: Callable[[], None], config_name: str) -> None:
-    """Run a ``@hydra.main`` function; composition errors and UserErrors exit 2 with one paragraph."""
+    """Run a ``@hydra.main`` function whose task is wrapped in :func:`user_errors`: Hydra's own
+    composition errors (unknown config option, misspelt key) exit 2 with one paragraph too."""
     debug = debug_requested(sys.argv)
     os.environ["HYDRA_FULL_ERROR"] = "1"   # let exceptions reach us instead of Hydra's printer
     try:
         main()
-    except UserError as err:
-        report_and_exit(err, debug)
-    except TrainingDiverged:
-        if debug:
-            raise
-        sys.exit(3)
     except Exception as err:  # noqa: BLE001
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException

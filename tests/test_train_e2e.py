@@ -113,3 +113,17 @@ def test_short_atari_run_logs_checkpoints_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "episodes restart on resume" in result.stderr
     assert ckpt.load(run_dir)["progress"]["steps"] >= 800
+
+
+def test_minigrid_dict_observations_train_and_evaluate(tmp_path):
+    args = ["agent=dqn", "env=minigrid", "env.id=MiniGrid-Empty-5x5-v0", "env.obs=dict", "env.num_envs=2",
+            "logger=none", "total_env_steps=600", "agent.learning_starts=200", "agent.batch_size=16",
+            "agent.hidden=[32]", "eval.interval=100000", "eval.episodes=2", "eval.num_envs=2",
+            "checkpoint.interval=100000", "logger.interval=100", "torch_threads=1", f"runs_root={tmp_path}"]
+    result = run_cli("train.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    assert run_dir.parent.name == "dqn-minigrid-MiniGrid-Empty-5x5-v0"
+    assert any("train/loss" in r for r in read_jsonl(run_dir / "metrics.jsonl"))
+    result = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=2", "num_envs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
