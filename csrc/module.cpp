@@ -1,12 +1,23 @@
 // Python bindings of the search core.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/pair.h>
 #include <string>
 
 namespace nb = nanobind;
 
+void register_forest(nb::module_& m);
+
 NB_MODULE(_core, m) {
-    m.doc() = "Batched Monte Carlo tree search core (C++).";
+    m.doc() = "Batched Monte Carlo tree search core (C++). Use it through planners.mcts.";
     m.def("source_fingerprint", []() { return std::string(ARBOR_SOURCE_FINGERPRINT); },
           "SHA-256 over the csrc/ sources this module was compiled from.");
+    m.def("cuda_enabled", []() {
+#ifdef ARBOR_WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+    }, "Whether this build compiled the CUDA kernels (csrc/arbor_kernels.cu).");
+    register_forest(m);
 }
