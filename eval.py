@@ -1,5 +1,9 @@
 """Evaluate a saved policy: ``python eval.py checkpoint=<file or run dir> [episodes=N] [video=true]``.
 
+For two-player games ``episodes`` is the number of games per opponent and
+``opponent=random|perfect|mcts:N|human|<checkpoint>`` (a list ``[a,b]`` plays each);
+``elo_games=N`` ranks the run's checkpoints in an Elo ladder.
+
 Rebuilds env and agent from the config stored in the checkpoint (command-line
 ``env.*`` / ``agent.*`` overrides win), plays seeded episodes, prints a summary
 table and writes ``eval.json`` next to the checkpoint. ``compare=[dirs...]``
@@ -36,10 +40,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     settings = validate(merged)
     if settings.run.torch_threads > 0:
         torch.set_num_threads(settings.run.torch_threads)
+    env_cfg = OmegaConf.to_container(merged.env, resolve=True)
+    if env_cfg.get("kind") == "game":
+        return evaluate_game(cfg, data, merged, env_cfg)
     if cfg.opponent is not None:
         raise UserError(f"opponent={cfg.opponent!r} needs a two-player game; {settings.env.name} is single-player",
                         key="opponent")
-    env_cfg = OmegaConf.to_container(merged.env, resolve=True)
     spec = make_spec({**env_cfg, "num_envs": 1})
     spec = type(spec)(**{**spec.__dict__, "num_envs": 1})
     agent_cls = base.get(settings.agent.name, settings.agent.module)
@@ -62,14 +68,46 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if cfg.video:
         video = record_video(agent, env_cfg, out_dir / "eval.mp4", seed=int(cfg.seed))
         result["video"] = str(video)
-    tmp = out_dir / ".eval.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out_dir / "eval.json")
+    write_eval_json(out_dir, result)
+    return result
+
+
+def write_eval_json(out_dir: Path, result: dict) -> None:
+    """Write eval.json atomically, keeping an Elo ladder an earlier evaluation stored there."""
+    from runtime.atomic import atomic_write
+
+    path = out_dir / "eval.json"
+    if path.is_file() and "elo_ladder" not in result:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        if "elo_ladder" in old:
+            result["elo_ladder"] = old["elo_ladder"]
+    with atomic_write(path) as f:
+        f.write(json.dumps(result, indent=2).encode())
+
+
+def evaluate_game(cfg: DictConfig, data: dict, merged: DictConfig, env_cfg: dict) -> dict:
+    """Two-player games: matches against ``opponent`` (random, perfect, mcts:N, human, checkpoints)."""
+    from runtime.match_eval import evaluate_game_checkpoint
+
+    opponents = cfg.opponent if cfg.opponent is None or isinstance(cfg.opponent, str) else list(cfg.opponent)
+    result = evaluate_game_checkpoint(data, OmegaConf.to_container(merged.agent, resolve=True), env_cfg,
+                                      opponents, int(cfg.episodes), int(cfg.seed),
+                                      ladder_games=int(cfg.elo_games))
+    write_eval_json(Path(data["path"]).parent, result)
     return result
 
 
 def print_summary(result: dict) -> None:
     """The summary table on stdout."""
+    if "matches" in result:
+        from runtime.match_eval import match_table
+
+        print(match_table(result))
+        print(f"wrote {Path(str(result['checkpoint'])).parent / 'eval.json'}")
+        return
     from rich.console import Console
     from rich.table import Table
 

@@ -114,7 +114,7 @@ def make_game_env(env_cfg: Mapping[str, Any], num_envs: int, seed: int):
     spec = EnvSpec(name=str(env_cfg.get("name", name)), observation_space=obs_space,
                    action_space=gym.spaces.Discrete(int(game.num_actions)), num_envs=num_envs, num_players=2,
                    max_episode_steps=int(game.max_game_length),
-                   extras={"kind": "game", "snapshot": False, "game": name})
+                   extras={"kind": "game", "snapshot": False, "game": name, "game_kwargs": kwargs})
     return game, spec
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,15 +96,16 @@ def load_agent(checkpoint: str | Path, device: str = "cpu"):
     return agent_from_checkpoint_data(data, device=device, seed=int(data["config"].get("seed", 0)))
 
 
-def as_player(agent_or_player: Any, simulations: int | None = None):
+def as_player(agent_or_player: Any, simulations: int | None = None, explore: bool = False):
     """A player for ``play_match``: agents with ``player()`` are wrapped (so they can be reseeded)."""
     if hasattr(agent_or_player, "player") and callable(agent_or_player.player):
-        return agent_or_player.player(simulations=simulations)
+        return agent_or_player.player(simulations=simulations, explore=explore)
     return agent_or_player
 
 
 def make_opponent(opponent: str, seed: int | None = None, simulations: int | None = None,
-                  input_fn: Callable[[str], str] | None = None, output_fn: Callable[[str], None] | None = None):
+                  input_fn: Callable[[str], str] | None = None, output_fn: Callable[[str], None] | None = None,
+                  game_name: str | None = None):
     """The player named by ``opponent`` (built-in name or checkpoint path).
 
     ``input_fn`` / ``output_fn`` replace the terminal for ``human`` (default: input / print).
@@ -112,9 +114,21 @@ def make_opponent(opponent: str, seed: int | None = None, simulations: int | Non
 
     if opponent.strip().lower() == "human":
         return HumanPlayer(input_fn=input_fn or input, output_fn=output_fn or print)
+    if opponent.strip().lower() == "perfect" and game_name not in (None, "tic_tac_toe"):
+        from runtime.errors import UserError
+
+        raise UserError(f"the perfect player exists for tic-tac-toe only, not {game_name}",
+                        choices=["random", "mcts:<simulations>", "human", "<checkpoint file or run directory>"],
+                        key="opponent")
     if is_checkpoint(opponent) and not opponent.startswith(("mcts", "random", "perfect", "human")):
         return as_player(load_agent(opponent), simulations)
-    return make_player(opponent, seed=seed)
+    try:
+        return make_player(opponent, seed=seed)
+    except ValueError as err:
+        from runtime.errors import UserError
+
+        raise UserError(f"{err}", choices=["random", "perfect", "mcts", "mcts:<simulations>", "human",
+                                           "<checkpoint file or run directory>"], key="opponent") from None
 
 
 def evaluate_against(agent: Any, env_cfg: Mapping[str, Any] | Any, opponent: str | Any, games: int, seed: int,
@@ -132,7 +146,8 @@ def evaluate_against(agent: Any, env_cfg: Mapping[str, Any] | Any, opponent: str
     if games < 1:
         raise ValueError(f"games must be >= 1, got {games}")
     game = make_game_for(env_cfg)
-    opponent_player = make_opponent(opponent, seed, None, input_fn, output_fn) if isinstance(opponent, str) else opponent
+    opponent_player = (make_opponent(opponent, seed, None, input_fn, output_fn, game_name=game.name)
+                       if isinstance(opponent, str) else opponent)
     result = play_match(as_player(agent, simulations), opponent_player, game, int(games), alternate_colours=True,
                         seed=int(seed))
     out: dict[str, Any] = {
@@ -182,8 +197,8 @@ def evaluate_game_checkpoint(data: Mapping[str, Any], agent_values: Mapping[str,
 
 def match_table(result: Mapping[str, Any]) -> str:
     """A text table of :func:`evaluate_game_checkpoint`'s matches (and Elo ratings)."""
-    lines = [f"{result.get('agent')} on {result.get('env')} after {result.get('trained_steps', 0):,} steps, "
-             f"{result.get('games')} games per opponent (colours alternating)",
+    lines = [(f"{result.get('agent')} on {result.get('env')} after {result.get('trained_steps', 0):,} steps, "
+             f"{result.get('games')} games per opponent (colours alternating)"),
              f"{'opponent':28s} {'W':>5s} {'D':>5s} {'L':>5s}  {'points':>7s}  95% CI"]
     for opponent, m in result.get("matches", {}).items():
         lines.append(f"{opponent[-28:]:28s} {m['wins']:5d} {m['draws']:5d} {m['losses']:5d}  {m['points']:7.3f}  "
@@ -231,11 +246,15 @@ def fit_elo(names: Sequence[str], results: Sequence[tuple[int, int, float, int]]
 
 
 def elo_ladder(run_dir: str | Path, games_per_pair: int = 20, seed: int = 0, include_random: bool = True,
-               simulations: int | None = None, max_checkpoints: int | None = None) -> dict[str, Any]:
+               simulations: int | None = None, max_checkpoints: int | None = None,
+               explore: bool = True) -> dict[str, Any]:
     """Round robin between the run's checkpoints (plus ``random``), Elo fit, written to ``checkpoints/eval.json``.
 
-    Ratings are anchored at ``random`` = 0 when it takes part (else the earliest
-    checkpoint). Returns ``{"ratings": {name: elo}, "games": [...], "games_per_pair": n}``.
+    With ``explore`` (default) the checkpoints play their self-play acting rule (root
+    noise, sampled opening moves): two deterministic players would replay the same two
+    games over and over. ``max_checkpoints`` keeps that many, evenly spaced (latest
+    included). Ratings are anchored at ``random`` = 0 when it takes part (else the
+    earliest checkpoint). Returns ``{"ratings": {name: elo}, "games": [...], ...}``.
     """
     from runtime.errors import UserError
 
@@ -251,7 +270,7 @@ def elo_ladder(run_dir: str | Path, games_per_pair: int = 20, seed: int = 0, inc
         raise UserError(f"no checkpoints in {str(folder)!r} (expected step_*.pt or latest.pt)", key="checkpoint")
     agents = [load_agent(p) for p in paths]
     names = [p.stem for p in paths]
-    players: list[Any] = [as_player(a, simulations) for a in agents]
+    players: list[Any] = [as_player(a, simulations, explore) for a in agents]
     if include_random:
         from envs.games.players import RandomPlayer
 
@@ -266,7 +285,7 @@ def elo_ladder(run_dir: str | Path, games_per_pair: int = 20, seed: int = 0, inc
         table.append({"a": names[i], "b": names[j], "wins": match["wins"], "draws": match["draws"],
                       "losses": match["losses"]})
     ratings = fit_elo(names, results, anchor="random" if include_random else names[0])
-    ladder = {"ratings": ratings, "games": table, "games_per_pair": games_per_pair,
+    ladder = {"ratings": ratings, "games": table, "games_per_pair": games_per_pair, "explore": explore,
               "steps": {name: getattr(agent, "trained_steps", None) for name, agent
                         in zip(names[1:] if include_random else names, agents)}}
     target = folder / "eval.json"             # where eval.py writes: next to the checkpoints

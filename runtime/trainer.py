@@ -80,14 +80,24 @@ class Trainer:
             stored = resume_data["config"]
             current = OmegaConf.to_container(cfg, resolve=True)
             check_resume_overrides(stored, current, self.overrides)
-            keep = {k: current[k] for k in ("total_env_steps", "logger", "debug", "eval", "checkpoint",
-                                            "torch_threads", "device") if k in current}
-            merged = {**stored, **keep, "resume": str(resume_dir)}
-            cfg = OmegaConf.create(merged)
+            merged = OmegaConf.create(stored)
+            for key in self._given_resumable_keys():   # only what the user changed on the command line
+                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+            merged.resume = str(resume_dir)
+            cfg = merged
             self.run_dir = resume_dir if resume_dir.is_dir() else Path(resume_data["path"]).parent.parent
         self.settings: Settings = validate(cfg)
         self.cfg = cfg
         self.resume_data = resume_data
+
+    def _given_resumable_keys(self) -> list[str]:
+        """Keys of the command-line overrides a resume may change (budget, logging, eval, checkpoints)."""
+        keys = []
+        for override in self.overrides:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key != "resume" and any(key == k or key.startswith(k) for k in RESUMABLE_KEYS):
+                keys.append(key)
+        return keys
 
     # --------------------------------------------------------------------- build
     def build(self) -> None:
@@ -276,6 +286,10 @@ class Trainer:
             logger.close()
             if self.env is not None and hasattr(self.env, "close"):
                 self.env.close()
+        if "eval/vs_perfect_games" in final:
+            print(f"final evaluation against perfect play: {final['eval/vs_perfect_wins']:.0f} wins, "
+                  f"{final['eval/vs_perfect_draws']:.0f} draws, {final['eval/vs_perfect_losses']:.0f} losses "
+                  f"in {final['eval/vs_perfect_games']:.0f} games")
         summary = {"status": status, "steps": self.steps, "run_dir": str(self.run_dir), **final}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

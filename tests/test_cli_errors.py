@@ -32,22 +32,22 @@ def test_misspelt_key_names_key_and_suggestion(tmp_path):
 
 
 def test_misspelt_nested_key(tmp_path):
-    result = run_cli("train.py", "agent.learning_rat=0.1", "logger=none", f"runs_root={tmp_path}")
+    result = run_cli("train.py", "agent=dqn", "env=cartpole", "agent.learning_rat=0.1", "logger=none", f"runs_root={tmp_path}")
     assert_usage_error(result, "agent.learning_rat", "agent.learning_rate")
 
 
 def test_value_out_of_range_names_key(tmp_path):
-    result = run_cli("train.py", "agent.gamma=1.5", "logger=none", f"runs_root={tmp_path}")
+    result = run_cli("train.py", "agent=dqn", "env=cartpole", "agent.gamma=1.5", "logger=none", f"runs_root={tmp_path}")
     assert_usage_error(result, "agent.gamma", "out of range")
 
 
 def test_wrong_type_names_key(tmp_path):
-    result = run_cli("train.py", "agent.batch_size=many", "logger=none", f"runs_root={tmp_path}")
+    result = run_cli("train.py", "agent=dqn", "env=cartpole", "agent.batch_size=many", "logger=none", f"runs_root={tmp_path}")
     assert_usage_error(result, "agent.batch_size")
 
 
 def test_unknown_atari_game_suggests(tmp_path):
-    result = run_cli("train.py", "env=atari", "env.game=breakoutt", "logger=none", f"runs_root={tmp_path}")
+    result = run_cli("train.py", "agent=dqn", "env=atari", "env.game=breakoutt", "logger=none", f"runs_root={tmp_path}")
     assert_usage_error(result, "no Atari game named 'breakoutt'", "breakout")
 
 
@@ -83,6 +83,6 @@ def test_resume_with_mismatched_config_is_refused(tiny_run):
 
 
 def test_debug_shows_trace(tmp_path):
-    result = run_cli("train.py", "agent.gamma=1.5", "logger=none", f"runs_root={tmp_path}", "debug=true")
+    result = run_cli("train.py", "agent=dqn", "env=cartpole", "agent.gamma=1.5", "logger=none", f"runs_root={tmp_path}", "debug=true")
     assert result.returncode != 0
     assert "Traceback" in result.stderr

@@ -42,3 +42,15 @@ def test_add_your_own_agent_example(tmp_path):
     result = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=3", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run_dir / "checkpoints" / "eval.json").read_text())["agent"] == "reinforce"
+
+
+def test_readme_search_example_runs():
+    text = (ROOT / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "from planners.mcts import" in b]
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.selected_action.shape == (4,)
+    assert abs(result.improved_policy.sum(axis=1) - 1).max() < 1e-6
+    assert result.visit_counts.sum(axis=1).tolist() == [16] * 4

@@ -36,7 +36,8 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
     assert 0 < first["steps"] < 2000
     assert (tmp_path / "resumed" / "checkpoints" / "latest.pt").is_file()
 
-    resumed = Trainer(compose(*SETTINGS, f"resume={tmp_path / 'resumed'}"), run_dir=tmp_path / "unused").run()
+    resume = [f"resume={tmp_path / 'resumed'}"]
+    resumed = Trainer(compose(*SETTINGS, *resume), run_dir=tmp_path / "unused", overrides=resume).run()
     assert resumed["status"] == "finished"
     assert resumed["run_dir"] == str(tmp_path / "resumed")
 
@@ -49,8 +50,14 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
 
 def test_resume_may_extend_the_budget(tmp_path):
     Trainer(compose(*SETTINGS), run_dir=tmp_path / "run").run()
-    extended = Trainer(compose(*SETTINGS, f"resume={tmp_path / 'run'}", "total_env_steps=2400"),
-                       run_dir=tmp_path / "unused").run()
+    given = [f"resume={tmp_path / 'run'}", "total_env_steps=2400"]
+    extended = Trainer(compose(*given), run_dir=tmp_path / "unused", overrides=given).run()
     assert extended["status"] == "finished"
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert max(r["env_steps"] for r in records) >= 2400
+    # everything not given on the command line comes from the stored run, not from today's defaults
+    from runtime import checkpoint as ckpt
+
+    stored = ckpt.load(tmp_path / "run")["config"]
+    assert stored["agent"]["name"] == "dqn" and stored["agent"]["n_step"] == 3 and stored["eval"]["episodes"] == 2
+    assert stored["total_env_steps"] == 2400

@@ -127,3 +127,23 @@ def test_minigrid_dict_observations_train_and_evaluate(tmp_path):
     assert any("train/loss" in r for r in read_jsonl(run_dir / "metrics.jsonl"))
     result = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=2", "num_envs=1")
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_board_game_training_and_match_evaluation(tmp_path):
+    args = ["agent=alphazero", "env=tictactoe", "env.num_envs=16", "logger=none", "total_env_steps=400",
+            "agent.num_simulations=8", "agent.eval_simulations=8", "agent.learning_starts=100",
+            "agent.batch_size=32", "eval.interval=100000", "eval.episodes=4", "checkpoint.interval=200",
+            "logger.interval=100", "torch_threads=1", f"runs_root={tmp_path}"]
+    result = run_cli("train.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "final evaluation against perfect play" in result.stdout
+    run_dir = only_run_dir(tmp_path)
+    result = run_cli("eval.py", f"checkpoint={run_dir}", "opponent=[random,perfect]", "episodes=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "checkpoints" / "eval.json").read_text())
+    assert set(report["matches"]) == {"random", "perfect"}
+    perfect = report["matches"]["perfect"]
+    assert perfect["games"] == 4 and perfect["wins"] == 0   # nobody beats perfect play
+    assert perfect["wins"] + perfect["draws"] + perfect["losses"] == 4
+    result = run_cli("eval.py", f"checkpoint={run_dir}", "opponent=perfekt")
+    assert result.returncode == 2 and "perfect" in result.stderr and "Traceback" not in result.stderr
