@@ -46,8 +46,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if cfg.opponent is not None:
         raise UserError(f"opponent={cfg.opponent!r} needs a two-player game; {settings.env.name} is single-player",
                         key="opponent")
-    spec = make_spec({**env_cfg, "num_envs": 1})
-    spec = type(spec)(**{**spec.__dict__, "num_envs": 1})
+    spec = make_spec(env_cfg)   # one env: the agent is rebuilt for acting only
     agent_cls = base.get(settings.agent.name, settings.agent.module)
     agent = agent_cls(settings.agent, spec, torch.device("cpu"), env=None,
                       total_steps=settings.run.total_env_steps, seed=int(cfg.seed))

@@ -121,7 +121,8 @@ def make_game_env(env_cfg: Mapping[str, Any], num_envs: int, seed: int):
 def make_spec(env_cfg: Mapping[str, Any]) -> EnvSpec:
     """The spec of the configured env, from one throwaway copy."""
     env, spec = make(env_cfg, num_envs=1, seed=0)
-    env.close()
+    if hasattr(env, "close"):   # board games hold no resources
+        env.close()
     return spec
 
 
