@@ -23,6 +23,9 @@ def main(cfg: DictConfig) -> None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     if cfg.get("resume") and output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()   # a resumed run writes into its own directory
+        for parent in (output_dir.parent, output_dir.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
     trainer = Trainer(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
     summary = trainer.run()
     if summary["status"] == "finished" and "eval/return_mean" in summary:

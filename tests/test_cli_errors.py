@@ -67,7 +67,7 @@ def test_corrupt_checkpoint_is_refused_and_left_alone(tiny_run, damage):
     before = path.read_bytes()
     result = run_cli("eval.py", f"checkpoint={path}")
     assert_usage_error(result, "corrupt")
-    result = run_cli("train.py", f"resume={run_dir}", "logger=none")
+    result = run_cli("train.py", f"resume={run_dir}", "logger=none", f"runs_root={run_dir.parent.parent}")
     assert_usage_error(result, "corrupt")
     assert path.read_bytes() == before
 
@@ -76,7 +76,8 @@ def test_resume_with_mismatched_config_is_refused(tiny_run):
     _, run_dir = tiny_run
     before = (run_dir / "checkpoints" / "latest.pt").read_bytes()
     metrics_before = (run_dir / "metrics.jsonl").read_text()
-    result = run_cli("train.py", f"resume={run_dir}", "agent.learning_rate=0.5", "logger=none")
+    result = run_cli("train.py", f"resume={run_dir}", "agent.learning_rate=0.5", "logger=none",
+                     f"runs_root={run_dir.parent.parent}")
     assert_usage_error(result, "does not match", "agent.learning_rate")
     assert (run_dir / "checkpoints" / "latest.pt").read_bytes() == before
     assert (run_dir / "metrics.jsonl").read_text() == metrics_before

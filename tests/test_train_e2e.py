@@ -109,7 +109,7 @@ def test_short_atari_run_logs_checkpoints_and_resumes(tmp_path):
     assert any("train/loss" in r for r in records)
     data = ckpt.load(run_dir)
     assert data["env"] is None          # ALE state is not snapshotted: resume restarts episodes
-    result = run_cli("train.py", f"resume={run_dir}", "total_env_steps=800", "logger=none")
+    result = run_cli("train.py", f"resume={run_dir}", "total_env_steps=800", "logger=none", f"runs_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "episodes restart on resume" in result.stderr
     assert ckpt.load(run_dir)["progress"]["steps"] >= 800
