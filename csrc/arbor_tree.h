@@ -25,7 +25,12 @@ namespace arbor {
 
 enum : int32_t { ALG_PUCT = 0, ALG_GUMBEL = 1 };
 enum : int32_t { LEAF_NONE = 0, LEAF_EXPAND = 1, LEAF_TERMINAL = 2, LEAF_DUPLICATE = 3 };
-enum : uint8_t { NODE_PENDING = 0, NODE_EXPANDED = 1 };
+// NODE_LAZY: expanded, but (pUCT only) its probs row still holds the legal
+// logits; ensure_probs() turns them into the softmax on the first selection
+// through the node. Most leaves are never selected through, so their
+// exponentials are never computed. The result is the same softmax, computed
+// by the same operations, only later.
+enum : uint8_t { NODE_PENDING = 0, NODE_EXPANDED = 1, NODE_LAZY = 2 };
 
 // Search hyper-parameters (see planners/mcts.py SearchConfig for meaning).
 struct Params {
@@ -179,40 +184,86 @@ ARBOR_HD inline void init_node(const TreeView& t, int b, int n, double reward, d
     t.raw_value[i] = value;
     t.terminal[i] = (uint8_t)(terminal ? 1 : 0);
     t.state[i] = NODE_EXPANDED;
+    // Row pointers in locals: exp() is an opaque call, after which the
+    // compiler would otherwise reload every field of t.
+    int32_t* children = t.children + r;
+    int32_t* edge_visits = t.edge_visits + r;
+    double* edge_qs = t.edge_q + r;
+    double* probs = t.probs + r;
+    uint8_t* legal_out = t.legal + r;
+    double* logits_out = t.store_logits ? t.logits + r : nullptr;
     for (int a = 0; a < A; ++a) {
-        t.children[r + a] = -1;
-        t.edge_visits[r + a] = 0;
-        t.edge_q[r + a] = 0.0;
+        children[a] = -1;
+        edge_visits[a] = 0;
+        edge_qs[a] = 0.0;
     }
     if (t.K > 1)
         for (int a = 0; a < A; ++a) t.edge_inflight[r + a] = 0;
     if (terminal) {
         for (int a = 0; a < A; ++a) {
-            if (t.store_logits) t.logits[r + a] = neg_inf();
-            t.probs[r + a] = 0.0;
-            t.legal[r + a] = 0;
+            if (logits_out) logits_out[a] = neg_inf();
+            probs[a] = 0.0;
+            legal_out[a] = 0;
         }
         return;
     }
+    if (logits_out) {
+        double m = neg_inf();
+        for (int a = 0; a < A; ++a)
+            if (legal[a] && logits[a] > m) m = logits[a];
+        double total = 0.0;
+        for (int a = 0; a < A; ++a) {
+            if (legal[a]) {
+                double l = logits[a] - m;
+                logits_out[a] = l;
+                double e = exp(l);
+                probs[a] = e;
+                total += e;
+            } else {
+                logits_out[a] = neg_inf();
+                probs[a] = 0.0;
+            }
+            legal_out[a] = legal[a] ? 1 : 0;
+        }
+        for (int a = 0; a < A; ++a)
+            if (legal[a]) probs[a] = probs[a] / total;
+    } else {
+        // pUCT: keep the legal logits; ensure_probs() applies the softmax on first use.
+        for (int a = 0; a < A; ++a) {
+            probs[a] = legal[a] ? logits[a] : 0.0;
+            legal_out[a] = legal[a] ? 1 : 0;
+        }
+        t.state[i] = NODE_LAZY;
+    }
+}
+
+// Softmax over the legal entries of probs[A] in place (0 where illegal): the
+// same operations, in the same order, as the eager path of init_node.
+ARBOR_HD inline void softmax_row(double* probs, const uint8_t* legal, int A) {
     double m = neg_inf();
     for (int a = 0; a < A; ++a)
-        if (legal[a] && logits[a] > m) m = logits[a];
+        if (legal[a] && probs[a] > m) m = probs[a];
     double total = 0.0;
     for (int a = 0; a < A; ++a) {
         if (legal[a]) {
-            double l = logits[a] - m;
-            if (t.store_logits) t.logits[r + a] = l;
-            double e = exp(l);
-            t.probs[r + a] = e;
+            double e = exp(probs[a] - m);
+            probs[a] = e;
             total += e;
         } else {
-            if (t.store_logits) t.logits[r + a] = neg_inf();
-            t.probs[r + a] = 0.0;
+            probs[a] = 0.0;
         }
-        t.legal[r + a] = legal[a] ? 1 : 0;
     }
     for (int a = 0; a < A; ++a)
-        if (legal[a]) t.probs[r + a] = t.probs[r + a] / total;
+        if (legal[a]) probs[a] = probs[a] / total;
+}
+
+// Make node n's probs row the softmax of its logits if it is still lazy.
+ARBOR_HD inline void ensure_probs(const TreeView& t, int b, int n) {
+    int64_t i = node_at(t, b, n);
+    if (t.state[i] != NODE_LAZY) return;
+    int64_t r = row_at(t, b, n);
+    softmax_row(t.probs + r, t.legal + r, t.A);
+    t.state[i] = NODE_EXPANDED;
 }
 
 // Make node 0 of tree b a fresh root holding the caller's root outputs. The
@@ -226,6 +277,7 @@ ARBOR_HD inline void init_root(const TreeView& t, int b, double value, const dou
     t.inflight[i] = 0;
     t.value_sum[i] = value;
     init_node(t, b, 0, 0.0, value, 0, logits, legal);
+    ensure_probs(t, b, 0);
 }
 
 // ---------------------------------------------------------------- Gumbel pieces
@@ -361,6 +413,7 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     const int A = t.A;
     int64_t i = node_at(t, b, n);
     int64_t r = row_at(t, b, n);
+    if (n != 0) ensure_probs(t, b, n);
     int32_t parent_visits = t.visits[i] + t.inflight[i];
     const double pb_sqrt = pbc_of(t, p, parent_visits) * sqrt_of(t, parent_visits);
     const double* prior = n == 0 ? t.root_probs + (int64_t)b * A : t.probs + r;
@@ -371,28 +424,30 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     const bool scaled = hi > lo;
     const double shift = scaled ? lo : 0.0;  // (q - 0) * 1 == q: no normalisation before the range opens
     const double inv_span = scaled ? 1.0 / (hi - lo) : 1.0;
-    double* score = t.scratch + (int64_t)b * 3 * A;
+    // Scores and the first-legal argmax in one pass (no scratch stores): the
+    // same operations in the same order as writing score[a] and scanning it.
+    int best = 0;
+    double best_score = neg_inf();
     if (t.K > 1) {
         const int32_t* ei = t.edge_inflight + r;
         for (int a = 0; a < A; ++a) {
             double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : 0.0;
             if (ei[a] > 0) value_score = value_score * (double)ev[a] / ((double)ev[a] + (double)ei[a]);
             double s = pb_sqrt * prior[a] * recip_of(t, ev[a] + ei[a]) + value_score;
-            score[a] = legal[a] ? s : neg_inf();
+            s = legal[a] ? s : neg_inf();
+            bool better = a == 0 || s > best_score;
+            best = better ? a : best;
+            best_score = better ? s : best_score;
         }
     } else {
         for (int a = 0; a < A; ++a) {
             double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : 0.0;
             double s = pb_sqrt * prior[a] * recip_of(t, ev[a]) + value_score;
-            score[a] = legal[a] ? s : neg_inf();
+            s = legal[a] ? s : neg_inf();
+            bool better = a == 0 || s > best_score;
+            best = better ? a : best;
+            best_score = better ? s : best_score;
         }
-    }
-    int best = 0;
-    double best_score = score[0];
-    for (int a = 1; a < A; ++a) {
-        bool better = score[a] > best_score;
-        best = better ? a : best;
-        best_score = better ? score[a] : best_score;
     }
     return best;
 }
@@ -428,6 +483,7 @@ ARBOR_HD inline void begin_tree(const TreeView& t, const Params& p, int b, int n
         int64_t i = node_at(t, b, n);
         if (t.visits[i] > 0) minmax_update(t, b, edge_q(t, p, i));
     }
+    ensure_probs(t, b, 0);  // a root kept by advance() may still be lazy
     int64_t r = row_at(t, b, 0);
     double* rp = t.root_probs + (int64_t)b * A;
     int num_legal = 0;
@@ -654,7 +710,7 @@ ARBOR_HD inline bool advance_tree(const TreeView& t, int b, int act) {
     int32_t* remap = t.remap + (int64_t)b * t.N;
     for (int n = 0; n < t.N; ++n) nm[n] = -1;
     int32_t c = (t.num_nodes[b] > 0 && act >= 0 && act < A) ? t.children[row_at(t, b, 0) + act] : -1;
-    if (c < 0 || t.state[node_at(t, b, c)] != NODE_EXPANDED || t.terminal[node_at(t, b, c)]) {
+    if (c < 0 || t.state[node_at(t, b, c)] == NODE_PENDING || t.terminal[node_at(t, b, c)]) {
         t.num_nodes[b] = 0;
         return false;
     }

@@ -238,6 +238,60 @@ static In view_of(nb::handle obj, const char* name, std::vector<int64_t> shape, 
     return in;
 }
 
+// Fast path of view_of for plain numpy arrays (the common case, once per
+// argument per simulation step): read dtype, shape and strides through the
+// buffer protocol without building an nb::ndarray. Anything it does not
+// recognise (other types, unusual formats, a wrong shape or dtype) goes to
+// view_of, which accepts the same arrays and raises the same errors.
+static bool numpy_view(nb::handle obj, std::initializer_list<int64_t> shape, int allowed, In& in) {
+    PyObject* o = obj.ptr();
+    if (std::strcmp(Py_TYPE(o)->tp_name, "numpy.ndarray") != 0) return false;
+    Py_buffer view;
+    // PyBUF_RECORDS asks for a writable buffer, as the nb::ndarray<> cast of view_of does:
+    // read-only arrays take the slow path and get its error.
+    if (PyObject_GetBuffer(o, &view, PyBUF_RECORDS) != 0) {
+        PyErr_Clear();
+        return false;
+    }
+    bool ok = view.ndim == (int)shape.size() && view.format != nullptr && view.format[0] != 0 && view.format[1] == 0;
+    int d = 0;
+    for (int64_t s : shape) {
+        if (!ok) break;
+        if (s >= 0 && (int64_t)view.shape[d] != s) ok = false;
+        ++d;
+    }
+    Kind kind = Kind::F64;
+    if (ok) {
+        char c = view.format[0];
+        Py_ssize_t item = view.itemsize;
+        bool integer = c == 'i' || c == 'l' || c == 'q';
+        if ((allowed & FLOATS) && c == 'f' && item == 4) kind = Kind::F32;
+        else if ((allowed & FLOATS) && c == 'd' && item == 8) kind = Kind::F64;
+        else if ((allowed & INTS) && integer && item == 4) kind = Kind::I32;
+        else if ((allowed & INTS) && integer && item == 8) kind = Kind::I64;
+        else if ((allowed & BOOLS) && c == '?' && item == 1) kind = Kind::BOOL;
+        else if ((allowed & BOOLS) && c == 'B' && item == 1) kind = Kind::U8;
+        else ok = false;
+    }
+    if (ok) {
+        in.data = (const char*)view.buf;
+        in.kind = kind;
+        in.s0 = view.ndim > 0 ? (int64_t)view.strides[0] : 0;
+        in.s1 = view.ndim > 1 ? (int64_t)view.strides[1] : 0;
+        in.present = true;
+    }
+    PyBuffer_Release(&view);
+    return ok;
+}
+
+static In view_fast(nb::handle obj, const char* name, std::initializer_list<int64_t> shape, int allowed,
+                    bool optional = false) {
+    In in;
+    if (obj.is_none() && optional) return in;
+    if (numpy_view(obj, shape, allowed, in)) return in;
+    return view_of(obj, name, std::vector<int64_t>(shape), allowed, optional);
+}
+
 // New numpy array (owned by Python) of the given shape.
 template <typename T>
 static nb::ndarray<nb::numpy, T> new_array(std::initializer_list<size_t> shape) {
@@ -482,11 +536,11 @@ class Forest {
         for (int64_t m = 0; m < M; ++m) any_eval |= needs_eval_[m];
         In r, v, lg, mk, tm;
         if (any_eval || !reward.is_none()) {
-            r = view_of(reward, "reward", {M}, FLOATS);
-            v = view_of(value, "value", {M}, FLOATS);
-            lg = view_of(prior_logits, "prior_logits", {M, A_}, FLOATS);
-            mk = view_of(legal_mask, "legal_mask", {M, A_}, BOOLS, true);
-            tm = view_of(terminal, "terminal", {M}, BOOLS, true);
+            r = view_fast(reward, "reward", {M}, FLOATS);
+            v = view_fast(value, "value", {M}, FLOATS);
+            lg = view_fast(prior_logits, "prior_logits", {M, A_}, FLOATS);
+            mk = view_fast(legal_mask, "legal_mask", {M, A_}, BOOLS, true);
+            tm = view_fast(terminal, "terminal", {M}, BOOLS, true);
         }
         {
             nb::gil_scoped_release rel;
@@ -555,6 +609,21 @@ class Forest {
         phase_ = SEARCHING;
     }
 
+    // expand_and_backup followed by the next select() (one boundary crossing
+    // per simulation step for Forest.run). Returns select()'s count, or -1
+    // when the search has no simulations left (nothing selected).
+    int expand_and_select(nb::handle reward, nb::handle value, nb::handle prior_logits, nb::handle legal_mask,
+                          nb::handle terminal) {
+        expand_and_backup(reward, value, prior_logits, legal_mask, terminal);
+        return simulations_left() > 0 ? select() : -1;
+    }
+
+    int simulations_left() const {
+        int m = 0;
+        for (int b = 0; b < B_; ++b) m = std::max(m, sims_left_[b]);
+        return m;
+    }
+
     nb::dict results(double temperature) {
         Guard g(this);
         if (phase_ == PENDING) throw nb::value_error("results called while a step is pending");
@@ -619,6 +688,13 @@ class Forest {
         if (phase_ == PENDING) cancel_locked();
         std::fill(num_nodes_.begin(), num_nodes_.end(), 0);
         phase_ = EMPTY;
+    }
+
+    // Apply the pending softmax of every lazy node (see NODE_LAZY in arbor_tree.h).
+    void materialize_probs() {
+        Guard g(this);
+        for (int b = 0; b < B_; ++b)
+            for (int n = 0; n < num_nodes_[b]; ++n) ensure_probs(t_, b, n);
     }
 
     // Read-only views of internal buffers (valid while the forest lives).
@@ -760,14 +836,13 @@ void register_forest(nb::module_& m) {
         .def("cancel", &Forest::cancel)
         .def("expand_and_backup", &Forest::expand_and_backup, "reward"_a.none(), "value"_a.none(), "prior_logits"_a.none(),
              "legal_mask"_a.none() = nb::none(), "terminal"_a.none() = nb::none())
+        .def("expand_and_select", &Forest::expand_and_select, "reward"_a.none(), "value"_a.none(),
+             "prior_logits"_a.none(), "legal_mask"_a.none() = nb::none(), "terminal"_a.none() = nb::none(),
+             "expand_and_backup, then select() if simulations are left; returns select()'s count or -1 when done.")
         .def("results", &Forest::results, "temperature"_a = 1.0)
         .def("advance", &Forest::advance, "actions"_a)
         .def("clear", &Forest::clear)
-        .def_prop_ro("simulations_left", [](Forest& f) {
-            int m = 0;
-            for (int b = 0; b < f.B_; ++b) m = std::max(m, f.sims_left_[b]);
-            return m;
-        })
+        .def_prop_ro("simulations_left", &Forest::simulations_left)
         .def("leaf_arrays", [](nb::handle self) {
             Forest& f = nb::cast<Forest&>(self);
             size_t M = (size_t)f.B_ * f.K_;
@@ -778,6 +853,7 @@ void register_forest(nb::module_& m) {
         .def("tree_arrays", [](nb::handle self) {
             Forest& f = nb::cast<Forest&>(self);
             size_t B = f.B_, N = f.N_, A = f.A_;
+            f.materialize_probs();  // lazy pUCT nodes: show probabilities, not logits
             nb::dict d;
             d["num_nodes"] = f.view(self, f.num_nodes_.data(), {B});
             d["visits"] = f.view(self, f.visits_.data(), {B, N});

@@ -329,23 +329,27 @@ class Forest:
         self.begin(num_simulations)
         leaves = self._leaves
         core = self._core
-        expand = core.expand_and_backup
-        while core.simulations_left > 0:
-            if core.select() == 0:
-                expand(None, None, None, None, None)
-                continue
-            try:
+        # One core call per step: expand_and_select backs the step up and selects
+        # the next leaves (-1 when the search is done).
+        step = core.expand_and_select
+        try:
+            count = core.select() if core.simulations_left > 0 else -1
+            while count >= 0:
+                if count == 0:
+                    count = step(None, None, None, None, None)
+                    continue
                 output = model_fn(leaves)
                 if type(output) is ModelOutput:
                     try:
-                        expand(*output)  # fast path: no per-step Python work
+                        count = step(*output)  # fast path: no per-step Python work
+                        continue
                     except TypeError:
-                        self.expand_and_backup(output)  # e.g. tensors that require grad
-                else:
-                    self.expand_and_backup(output)
-            except BaseException:
-                core.cancel()  # a failed model call or rejected outputs leave the trees as before select()
-                raise
+                        pass  # e.g. tensors that require grad: the outputs were rejected before any change
+                self.expand_and_backup(output)
+                count = core.select() if core.simulations_left > 0 else -1
+        except BaseException:
+            core.cancel()  # a failed model call or rejected outputs leave the trees as before select()
+            raise
 
     def results(self, temperature: Optional[float] = None) -> SearchResult:
         """Root statistics of the last search (fresh arrays)."""

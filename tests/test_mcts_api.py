@@ -285,3 +285,101 @@ def test_stale_extension_is_detected(tmp_path: Path) -> None:
     (copy / "arbor_tree.h").write_text((copy / "arbor_tree.h").read_text() + "\n// edited\n")
     with pytest.raises(ImportError, match="pip install -e"):
         mcts.check_extension(_core.source_fingerprint(), copy)
+
+
+# ---------------------------------------------------------------- fast paths of the core
+def manual_search(forest: mcts.Forest, logits, value, legal, model_fn) -> mcts.SearchResult:
+    """The step API driven by hand (select / expand_and_backup with plain tuples)."""
+    forest.set_roots(logits, value, legal)
+    forest.begin()
+    while forest.simulations_left > 0:
+        count = forest.select()
+        forest.expand_and_backup(tuple(model_fn(forest.leaves)) if count else None)
+    return forest.results()
+
+
+@pytest.mark.parametrize("algorithm", ["puct", "gumbel"])
+@pytest.mark.parametrize("leaves_per_step", [1, 3])
+def test_run_fast_path_matches_the_step_api(algorithm: str, leaves_per_step: int) -> None:
+    B, A, S = 5, 7, 30
+    logits, value, legal = root_inputs(B, A, 11, p_illegal=0.3)
+    cfg = mcts.SearchConfig(algorithm=algorithm, num_simulations=S, leaves_per_step=leaves_per_step,
+                            mode="alphazero", dirichlet_fraction=0.25 if algorithm == "puct" else 0.0)
+
+    def odd_dtypes(model):  # same values, other layouts: Fortran-order logits, uint8 mask
+        def fn(leaves):
+            r, v, lg, mk, tm = model.core(leaves)
+            return mcts.ModelOutput(r, v, np.asfortranarray(lg), mk.astype(np.uint8), tm)
+        return fn
+
+    results = []
+    for driver in ("run", "manual", "run_tuple", "run_odd"):
+        model = RandomModel(A, 12, p_illegal=0.3, p_terminal=0.1)
+        forest = mcts.Forest(B, A, cfg)
+        forest.seed(4)
+        if driver == "run":  # ModelOutput of numpy arrays: one core call per step
+            result = mcts.search(logits, value, lambda leaves, m=model: mcts.ModelOutput(*m.core(leaves)),
+                                 legal_mask=legal, forest=forest)
+        elif driver == "run_tuple":  # plain tuples: the general path of Forest.run
+            result = mcts.search(logits, value, model.core, legal_mask=legal, forest=forest)
+        elif driver == "manual":
+            result = manual_search(forest, logits, value, legal, model.core)
+        else:
+            result = mcts.search(logits, value, odd_dtypes(model), legal_mask=legal, forest=forest)
+        arrays = forest.tree_arrays()
+        results.append((result, {k: np.array(arrays[k]) for k in ("visits", "value_sum", "children", "probs")}))
+    for result, arrays in results[1:]:
+        for key in ("visit_counts", "q_values", "improved_policy", "selected_action"):
+            assert np.array_equal(getattr(results[0][0], key), getattr(result, key)), key
+        for key, value_ in arrays.items():
+            assert np.array_equal(results[0][1][key], value_), key
+
+
+def test_lazy_priors_are_the_softmax_of_the_model_logits() -> None:
+    # pUCT applies a node's softmax on the first selection through it; tree_arrays() shows
+    # probabilities for every node either way.
+    B, A = 3, 5
+    logits, value, legal = root_inputs(B, A, 21, p_illegal=0.4)
+    seen: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    model = RandomModel(A, 22, p_illegal=0.4)
+
+    def model_fn(leaves):
+        out = model.core(leaves)
+        for m in np.flatnonzero(leaves.needs_eval):
+            seen[(int(leaves.tree_index[m]), int(leaves.node[m]))] = (out[2][m].copy(), out[3][m].copy())
+        return mcts.ModelOutput(*out)
+
+    forest = mcts.Forest(B, A, mcts.SearchConfig(num_simulations=25))
+    mcts.search(logits, value, model_fn, legal_mask=legal, forest=forest)
+    probs = forest.tree_arrays()["probs"]
+    terminal = forest.tree_arrays()["terminal"]
+    for (b, n), (lg, mk) in seen.items():
+        if terminal[b, n]:
+            continue
+        z = np.where(mk, lg - lg[mk].max(), -np.inf)
+        expected = np.where(mk, np.exp(z) / np.exp(z[mk]).sum(), 0.0)
+        np.testing.assert_allclose(probs[b, n], expected, rtol=1e-12, atol=0)
+
+
+def test_read_only_and_wrong_outputs_still_raise_the_same_errors() -> None:
+    forest = mcts.Forest(2, 3, mcts.SearchConfig(num_simulations=4))
+    forest.set_roots(np.zeros((2, 3)), np.zeros(2))
+    frozen = np.zeros(2)
+    frozen.setflags(write=False)
+    bad = [
+        ((frozen, np.zeros(2), np.zeros((2, 3))), TypeError, "reward must be a numpy array"),
+        ((np.zeros(2, np.float16), np.zeros(2), np.zeros((2, 3))), TypeError, "reward has an unsupported dtype"),
+        ((np.zeros(2), np.zeros(3), np.zeros((2, 3))), ValueError, r"value has shape \(3,\), expected \(2,\)"),
+        ((np.zeros(2), np.zeros(2), np.zeros((2, 3)).astype(">f8")), TypeError, "prior_logits must be a numpy array"),
+        ((np.zeros(2), np.zeros(2), np.zeros((2, 3)), np.ones((2, 3), np.int32)), TypeError,
+         "legal_mask has an unsupported dtype"),
+        ((np.zeros(2), np.array([0.0, np.nan]), np.zeros((2, 3))), ValueError, "reward/value is not finite"),
+    ]
+    for outputs, error, message in bad:
+        def model_fn(leaves, outputs=outputs):
+            return mcts.ModelOutput(*outputs)
+
+        forest.set_roots(np.zeros((2, 3)), np.zeros(2))
+        with pytest.raises(error, match=message):
+            forest.run(model_fn)
+        assert forest.tree_arrays()["num_nodes"].tolist() == [1, 1]  # the failed step was cancelled
