@@ -9,6 +9,7 @@ State of ``B`` games (all numpy, leading axis ``B``):
 
 from __future__ import annotations
 
+import abc
 from typing import Sequence
 
 import numpy as np
@@ -41,15 +42,17 @@ class BitboardGame(BatchedGame):
         self.reset(batch_size)
 
     # ------------------------------------------------------------ subclass hooks
+    @abc.abstractmethod
     def _is_legal(self, rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """bool per row: may ``actions`` be played in games ``rows``."""
 
+    @abc.abstractmethod
     def _place(self, rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """int64 bit of the stone each action places (updating extras such as heights)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _wins(self, board: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """bool per board: does this player's bitboard hold a winning line."""
 
     # ------------------------------------------------------------ protocol
     def reset(self, batch_size: int | None = None) -> None:
