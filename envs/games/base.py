@@ -251,7 +251,7 @@ class BatchedGame(abc.ABC):
         Lets OpenSpiel bots (e.g. MCTS) play our native games. Needs ``open_spiel``.
         """
         if self.openspiel_name is None:
-            raise NotImplementedError(f"{self.name} has no OpenSpiel counterpart")
+            raise GameError(f"{self.name} has no OpenSpiel counterpart")
         import pyspiel  # optional dependency, imported only here
 
         state = pyspiel.load_game(self.openspiel_name).new_initial_state()
