@@ -19,39 +19,41 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, last_activa
     return nn.Sequential(*layers)
 
 
-class NatureCNN(nn.Module):
+class ConvTorso(nn.Module):
+    """Convolutions, flattened, then one dense layer; inputs are scaled by ``1 / scale`` first."""
+
+    def __init__(self, conv: nn.Sequential, input_shape: tuple[int, int, int], features: int, scale: float):
+        super().__init__()
+        self.conv = conv
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, *input_shape)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
+        self.out_features = features
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x.float() / self.scale))
+
+
+class NatureCNN(ConvTorso):
     """The DQN Nature torso (Mnih et al. 2015) for 84 x 84 stacks; uint8 in, features out."""
 
     def __init__(self, in_channels: int, image_size: int = 84, features: int = 512):
-        super().__init__()
-        self.conv = nn.Sequential(
+        conv = nn.Sequential(
             nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
             nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
-        self.out_features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x.float() / 255.0))
+        super().__init__(conv, (in_channels, image_size, image_size), features, scale=255.0)
 
 
-class GridCNN(nn.Module):
+class GridCNN(ConvTorso):
     """A small torso for MiniGrid-sized images (a few cells a side), values are object codes."""
 
     def __init__(self, in_channels: int, height: int, width: int, features: int = 128):
-        super().__init__()
-        self.conv = nn.Sequential(
+        conv = nn.Sequential(
             nn.Conv2d(in_channels, 32, 2), nn.ReLU(),
             nn.Conv2d(32, 64, 2), nn.ReLU(), nn.Flatten())
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, in_channels, height, width)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
-        self.out_features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x.float() / 10.0))
+        super().__init__(conv, (in_channels, height, width), features, scale=10.0)
 
 
 class VectorTorso(nn.Module):

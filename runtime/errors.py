@@ -40,6 +40,5 @@ def report_and_exit(error: UserError, debug: bool = False) -> None:
     if debug:
         raise error
     print(f"error: {error.render()}", file=sys.stderr)
-    if not debug:
-        print("(run with debug=true for the full stack trace)", file=sys.stderr)
+    print("(run with debug=true for the full stack trace)", file=sys.stderr)
     sys.exit(EXIT_USAGE)

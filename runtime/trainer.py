@@ -47,13 +47,22 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def override_key(override: str) -> str:
+    """The config key of a command-line override (``+a.b=1`` -> ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resumable(key: str) -> bool:
+    """True for keys a resumed run may change."""
+    return any(key == k or key.startswith(k) for k in RESUMABLE_KEYS)
+
+
 def check_resume_overrides(stored: dict[str, Any], current: dict[str, Any], overrides: list[str]) -> None:
     """Refuse a resume whose command line changes the stored config (other than budget, logging, eval)."""
     flat_stored, flat_current = _flatten(stored), _flatten(current)
     mismatched = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if any(key == k or key.startswith(k) for k in RESUMABLE_KEYS):
+    for key in map(override_key, overrides):
+        if resumable(key):
             continue
         for full in [k for k in flat_current if k == key or k.startswith(key + ".")]:
             if flat_stored.get(full) != flat_current.get(full):
@@ -92,12 +101,7 @@ class Trainer:
 
     def _given_resumable_keys(self) -> list[str]:
         """Keys of the command-line overrides a resume may change (budget, logging, eval, checkpoints)."""
-        keys = []
-        for override in self.overrides:
-            key = override.split("=", 1)[0].lstrip("+~")
-            if key != "resume" and any(key == k or key.startswith(k) for k in RESUMABLE_KEYS):
-                keys.append(key)
-        return keys
+        return [key for key in map(override_key, self.overrides) if key != "resume" and resumable(key)]
 
     # --------------------------------------------------------------------- build
     def build(self) -> None:
