@@ -56,6 +56,15 @@ class GridCNN(ConvTorso):
         super().__init__(conv, (in_channels, height, width), features, scale=10.0)
 
 
+class MinAtarCNN(ConvTorso):
+    """The MinAtar paper's torso (Young and Tian 2019): one 3 x 3 convolution with 16
+    filters over the 0/1 channels, then 128 units."""
+
+    def __init__(self, in_channels: int, height: int, width: int, features: int = 128):
+        conv = nn.Sequential(nn.Conv2d(in_channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
+        super().__init__(conv, (in_channels, height, width), features, scale=1.0)
+
+
 class VectorTorso(nn.Module):
     """An MLP for flat vector observations."""
 
@@ -81,14 +90,17 @@ class DictTorso(nn.Module):
 
 
 def make_torso(space: gym.Space, hidden: Sequence[int] = (256, 256)) -> nn.Module:
-    """The torso that fits ``space``: Nature CNN for Atari-sized images, a small CNN for
-    grid images, an MLP for vectors, one of each per entry for dicts."""
+    """The torso that fits ``space``: Nature CNN for Atari-sized images, MinAtar's CNN for
+    binary channel grids, a small CNN for other grid images, an MLP for vectors, one of
+    each per entry for dicts."""
     if isinstance(space, gym.spaces.Dict):
         return DictTorso(space, hidden)
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 3:
         c, h, w = space.shape
         if min(h, w) >= 36:
             return NatureCNN(c, h)
+        if np.all(space.high == 1) and np.all(space.low == 0):
+            return MinAtarCNN(c, h, w)
         return GridCNN(c, h, w)
     if isinstance(space, gym.spaces.Discrete):
         raise TypeError("discrete observations: one-hot them in the env (no torso for Discrete spaces)")

@@ -7,6 +7,7 @@
 - ``gym``: any registered Gymnasium id (classic control: ``CartPole-v1``, ``Acrobot-v1`` ...);
 - ``atari``: ale-py's native vector env under a named protocol (see :mod:`envs.atari`);
 - ``minigrid``: MiniGrid ids, partial or full view (see :mod:`envs.minigrid`);
+- ``minatar``: the five MinAtar games, 10 x 10 channels-first grids (see :mod:`envs.minatar`);
 - ``game``: two-player board games (``envs.games``): the batched simulator itself,
   not a vector env, for agents that search with the real rules (``make_game_env``).
 """
@@ -21,7 +22,7 @@ from gymnasium.vector import AutoresetMode
 from envs.episodes import SuiteVectorEnv
 from envs.spec import EnvSpec
 
-KINDS = ("gym", "atari", "minigrid", "game")
+KINDS = ("gym", "atari", "minigrid", "minatar", "game")
 SNAPSHOT_KINDS = ("gym",)   # kinds whose state envs.snapshot captures whole (exact resume)
 
 __all__ = ["make", "make_spec", "EnvSpec", "SuiteVectorEnv", "KINDS"]
@@ -72,6 +73,19 @@ def make(env_cfg: Mapping[str, Any], num_envs: int, seed: int, mode: str = "trai
         vec, life_loss = make_atari(str(env_cfg["game"]), num_envs, proto, eval_mode=(mode == "eval"))
         frame_stack, frame_skip, reward_clip = proto.frame_stack, proto.frame_skip, proto.reward_clip
         max_steps = proto.max_episode_frames // proto.frame_skip
+    elif kind == "minatar":
+        from envs.minatar import GAMES, minatar_env_fn
+
+        game = str(env_cfg.get("game"))
+        if game not in GAMES:
+            raise UserError(f"there is no MinAtar game {game!r}", choices=list(GAMES), key="env.game")
+        prob = float(_get(env_cfg, "sticky_action_prob", 0.1))
+        if not 0.0 <= prob <= 1.0:
+            raise UserError(f"env.sticky_action_prob must lie in [0, 1], got {prob}", key="env.sticky_action_prob")
+        max_steps = _get(env_cfg, "max_episode_steps", None)
+        fn = minatar_env_fn(game, prob, bool(_get(env_cfg, "difficulty_ramping", True)),
+                            bool(_get(env_cfg, "minimal_actions", False)), max_steps, render_mode)
+        vec = _gym_vector(fn, num_envs)
     else:
         from envs.minigrid import minigrid_env_fn, minigrid_ids
 

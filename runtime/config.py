@@ -92,6 +92,11 @@ class EnvConfig:
     frame_stack: int | None = None
     image_size: int | None = None
     reward_clip: float | None = None
+    # MinAtar
+    sticky_action_prob: float = 0.1
+    difficulty_ramping: bool = True
+    minimal_actions: bool = False
+    max_episode_steps: int | None = None
 
     def validate(self) -> None:
         _positive(self, "env", ["num_envs"])

@@ -104,3 +104,53 @@ def test_atari_override_and_life_loss_game_returns():
     returns, _ = env.pop_episodes()
     assert returns == [total]
     env.close()
+
+
+MINATAR = {"kind": "minatar", "name": "minatar-breakout", "game": "breakout", "max_episode_steps": 10000}
+
+
+def _rollout(env, steps, seed):
+    rng = np.random.default_rng(seed)
+    frames, rewards = [], []
+    for _ in range(steps):
+        obs, reward, *_ = env.step(rng.integers(0, 6, size=env.num_envs))
+        frames.append(obs.copy())
+        rewards.append(reward.copy())
+    return np.stack(frames), np.stack(rewards)
+
+
+def test_minatar_observations_and_seeded_repeatability():
+    env_a, spec = envs.make(MINATAR, num_envs=3, seed=5)
+    env_b, _ = envs.make(MINATAR, num_envs=3, seed=5)
+    env_c, _ = envs.make(MINATAR, num_envs=3, seed=6)
+    assert spec.observation_space.shape == (4, 10, 10) and spec.num_actions == 6
+    frames_a, rewards_a = _rollout(env_a, 300, 0)
+    frames_b, rewards_b = _rollout(env_b, 300, 0)
+    frames_c, _ = _rollout(env_c, 300, 0)
+    assert frames_a.dtype == np.uint8 and set(np.unique(frames_a)) <= {0, 1}
+    np.testing.assert_array_equal(frames_a, frames_b)
+    np.testing.assert_array_equal(rewards_a, rewards_b)
+    assert not np.array_equal(frames_a, frames_c)   # the seed reaches MinAtar's random stream
+    assert rewards_a.sum() > 0                       # random play breaks some bricks
+    returns, lengths = env_a.pop_episodes()
+    assert returns and len(returns) == len(lengths)
+
+
+def test_minatar_single_env_passes_check_env_and_minimal_actions():
+    from envs.minatar import MinAtarEnv
+
+    check_env(MinAtarEnv("space_invaders"), skip_render_check=True)
+    env, spec = envs.make({**MINATAR, "minimal_actions": True}, num_envs=1, seed=0)
+    assert spec.num_actions == 3   # Breakout: no-op, left, right
+    frame = MinAtarEnv("breakout", render_mode="rgb_array")
+    frame.reset(seed=0)
+    assert frame.render().shape == (160, 160, 3)
+
+
+def test_minatar_bad_settings_name_the_key():
+    from runtime.errors import UserError
+
+    with pytest.raises(UserError, match="env.game"):
+        envs.make({**MINATAR, "game": "brekout"}, num_envs=1, seed=0)
+    with pytest.raises(UserError, match="env.sticky_action_prob"):
+        envs.make({**MINATAR, "sticky_action_prob": 1.5}, num_envs=1, seed=0)
