@@ -23,7 +23,7 @@ from envs.episodes import SuiteVectorEnv
 from envs.spec import EnvSpec
 
 KINDS = ("gym", "atari", "minigrid", "minatar", "game")
-SNAPSHOT_KINDS = ("gym",)   # kinds whose state envs.snapshot captures whole (exact resume)
+SNAPSHOT_KINDS = ("gym", "minatar")   # kinds whose state envs.snapshot captures whole (exact resume)
 
 __all__ = ["make", "make_spec", "EnvSpec", "SuiteVectorEnv", "KINDS"]
 

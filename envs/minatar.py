@@ -71,6 +71,26 @@ class MinAtarEnv(gym.Env):
         reward, done = self.game.act(self.action_set[int(action)])
         return self._obs(), float(reward), bool(done), False, {}
 
+    # ------------------------------------------------------------ exact resume
+    _NOT_STATE = ("random", "channels", "action_map")
+
+    def snapshot_state(self) -> dict:
+        """The game's whole state as plain data (ints, lists, arrays, the random stream)."""
+        fields = {k: _plain(v) for k, v in vars(self.game.env).items() if k not in self._NOT_STATE}
+        name, keys, pos, has_gauss, gauss = self.game.random.get_state()
+        return {"fields": fields, "last_action": int(self.game.last_action),
+                "rng": {"keys": np.array(keys), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+
+    def restore_snapshot(self, state: dict) -> None:
+        """Put the game back into a state from :meth:`snapshot_state`."""
+        for key, value in state["fields"].items():
+            setattr(self.game.env, key, np.array(value) if isinstance(value, np.ndarray) else _copy(value))
+        rng = state["rng"]
+        self.game.random.set_state(("MT19937", np.asarray(rng["keys"], dtype=np.uint32), rng["pos"],
+                                    rng["has_gauss"], rng["gauss"]))
+        self.game.last_action = int(state["last_action"])
+        self._seeded = True
+
     def render(self):
         if self.render_mode != "rgb_array":
             return None
@@ -79,6 +99,21 @@ class MinAtarEnv(gym.Env):
         for channel in range(state.shape[2]):
             frame[state[..., channel]] = _PALETTE[channel % len(_PALETTE)]
         return np.repeat(np.repeat(frame, 16, axis=0), 16, axis=1)   # 160 x 160 for videos
+
+
+def _plain(value):
+    """Numpy scalars to Python numbers, lists copied element by element, arrays copied."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _copy(value):
+    return [_copy(v) for v in value] if isinstance(value, list) else value
 
 
 def minatar_env_fn(game: str, sticky_action_prob: float, difficulty_ramping: bool, minimal_actions: bool,

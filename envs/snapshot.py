@@ -4,7 +4,9 @@ A checkpoint may not hold pickled objects (opening one must never run code), so
 an env's state is captured as plain data: every numpy array, scalar, random
 generator state and number queue found on the env, its wrappers and the vector
 env around them. That is the whole state of environments whose dynamics live in
-numpy arrays (Gymnasium's classic control). Envs holding richer objects (ALE's
+numpy arrays (Gymnasium's classic control). An env may also describe its own
+state as plain data through ``snapshot_state()`` / ``restore_snapshot(state)``
+(MinAtar does). Envs holding richer objects (ALE's
 emulator, MiniGrid's grid objects) are not snapshotted: a resumed run then
 resets them and says so.
 """
@@ -24,6 +26,8 @@ _SKIP = {"metadata", "spec", "render_mode", "observation_space", "action_space",
 
 def _capture(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if hasattr(obj, "snapshot_state"):   # envs whose state lives in plain objects say what it is
+        out["__custom__"] = obj.snapshot_state()
     for name, value in vars(obj).items():
         if name in _SKIP:
             continue
@@ -46,7 +50,9 @@ def _capture(obj: Any) -> dict[str, Any]:
 
 def _restore(obj: Any, state: dict[str, Any]) -> None:
     for name, value in state.items():
-        if isinstance(value, dict) and "__generator__" in value:
+        if name == "__custom__":
+            obj.restore_snapshot(value)
+        elif isinstance(value, dict) and "__generator__" in value:
             getattr(obj, name).bit_generator.state = value["__generator__"]
         elif isinstance(value, dict) and "__array__" in value:
             current = getattr(obj, name, None)

@@ -154,3 +154,20 @@ def test_minatar_bad_settings_name_the_key():
         envs.make({**MINATAR, "game": "brekout"}, num_envs=1, seed=0)
     with pytest.raises(UserError, match="env.sticky_action_prob"):
         envs.make({**MINATAR, "sticky_action_prob": 1.5}, num_envs=1, seed=0)
+
+
+@pytest.mark.parametrize("game", ["asterix", "breakout", "freeway", "seaquest", "space_invaders"])
+def test_minatar_snapshot_restores_identical_future(game, tmp_path):
+    """The snapshot survives a checkpoint file (plain data only) and replays the same future."""
+    from runtime import checkpoint as ckpt
+
+    env, _ = envs.make({**MINATAR, "game": game}, num_envs=2, seed=1)
+    _rollout(env, 150, 1)
+    ckpt.save(tmp_path / "env.pt", {"config": {}, "agent": {}, "progress": {}, "env": capture_env_state(env)})
+    state = ckpt.load(tmp_path / "env.pt")["env"]
+    future, rewards = _rollout(env, 200, 2)
+    other, _ = envs.make({**MINATAR, "game": game}, num_envs=2, seed=99)
+    restore_env_state(other, state)
+    replay, replay_rewards = _rollout(other, 200, 2)
+    np.testing.assert_array_equal(future, replay)
+    np.testing.assert_array_equal(rewards, replay_rewards)

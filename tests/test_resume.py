@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from agents.dqn import DQN
 from conftest import TINY, compose, read_jsonl
 from runtime.trainer import Trainer
@@ -16,8 +18,13 @@ def without_timing(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
 
-def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
-    straight = Trainer(compose(*SETTINGS), run_dir=tmp_path / "straight").run()
+MINATAR = [a for a in SETTINGS if a != "env=cartpole"] + ["env=minatar", "env.num_envs=2"]
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, MINATAR], ids=["cartpole", "minatar"])
+def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch, settings):
+    """Both env kinds whose state is snapshotted: the resumed run's whole log equals the straight one's."""
+    straight = Trainer(compose(*settings), run_dir=tmp_path / "straight").run()
     assert straight["status"] == "finished"
 
     original = DQN.train_iteration
@@ -30,14 +37,14 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(DQN, "train_iteration", interrupted)
-    first = Trainer(compose(*SETTINGS), run_dir=tmp_path / "resumed").run()
+    first = Trainer(compose(*settings), run_dir=tmp_path / "resumed").run()
     monkeypatch.setattr(DQN, "train_iteration", original)
     assert first["status"] == "interrupted"
     assert 0 < first["steps"] < 2000
     assert (tmp_path / "resumed" / "checkpoints" / "latest.pt").is_file()
 
     resume = [f"resume={tmp_path / 'resumed'}"]
-    resumed = Trainer(compose(*SETTINGS, *resume), run_dir=tmp_path / "unused", overrides=resume).run()
+    resumed = Trainer(compose(*settings, *resume), run_dir=tmp_path / "unused", overrides=resume).run()
     assert resumed["status"] == "finished"
     assert resumed["run_dir"] == str(tmp_path / "resumed")
 
