@@ -140,6 +140,14 @@ def main(cfg: DictConfig) -> None:
             print(f"{name:40s} runs={len(g['runs'])}  final {cfg.metric} = {g['final_mean']:.2f} "
                   f"[{g['low'][-1]:.2f}, {g['high'][-1]:.2f}]")
         print(f"wrote {output}")
+        from runtime.compare import (atari_aggregate_table, atari_final_scores, format_atari_table,
+                                     plot_performance_profile)
+
+        atari = atari_final_scores([str(p) for p in paths])
+        if atari:   # Atari runs: human-normalised aggregates (IQM, median, mean) and a performance profile
+            table = atari_aggregate_table(atari)
+            print(format_atari_table(table))
+            print(f"wrote {plot_performance_profile(table, output.with_name(output.stem + '_profile.png'))}")
         return
     if cfg.checkpoint is None:
         raise UserError("nothing to evaluate: give checkpoint=<file or run dir> or compare=[run dirs]",

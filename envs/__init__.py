@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from envs import pixels as _pixels  # noqa: F401  (registers the Gymnasium id Arbor/PixelPendulum-v0)
 from envs.episodes import SuiteVectorEnv
 from envs.spec import EnvSpec
 

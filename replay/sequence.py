@@ -137,6 +137,27 @@ class SequenceReplay(ReplayBase):
             indices=start_ids, positions=np.where(mask, start_ids[:, None] + offsets * self.num_envs, -1),
             window_obs=win_obs)
 
+    def observations_at(self, batch: SequenceBatch, offsets: Any) -> Obs:
+        """Observations ``offsets[b, j]`` steps after the start of window ``b`` of ``batch``.
+
+        ``offsets`` (shape ``[batch, J]``, values in ``0..width``) past the episode end
+        give the episode's final observation, as ``window_obs`` does; unlike
+        ``window_obs`` only the requested positions are gathered (MuZero needs a few of
+        the ``width + 1`` observations of each window: bootstrap states, reanalysed
+        roots). Call it before further adds, while the windows are still stored.
+        """
+        offsets = _to_numpy(offsets, "offsets").astype(np.int64, copy=False)
+        starts = np.asarray(batch.indices, np.int64)
+        if offsets.ndim != 2 or offsets.shape[0] != starts.shape[0]:
+            raise ValueError(f"offsets: expected shape ({starts.shape[0]}, J), got {offsets.shape}")
+        if offsets.size and (offsets.min() < 0 or offsets.max() > self.width):
+            raise ValueError(f"offsets must lie in [0, {self.width}]")
+        g, env = np.divmod(starts, self.num_envs)
+        steps = batch.mask.cpu().numpy().sum(axis=1)
+        clamped = np.minimum(offsets, steps[:, None])
+        base = np.broadcast_to((env * self.rows)[:, None], clamped.shape)
+        return self._gather_obs((g % self.rows)[:, None] + clamped, base)
+
     def write_back(self, positions: Any, values: Mapping[str, Any]) -> int:
         """Overwrite stored extras at ``positions`` (e.g. reanalysed policy / root value).
 

@@ -82,3 +82,104 @@ def plot(groups: dict[str, dict[str, Any]], metric: str, output: Path) -> Path:
     fig.savefig(output)
     plt.close(fig)
     return output
+
+
+# ------------------------------------------------------------ Atari aggregates
+def atari_final_scores(paths: list[str]) -> dict[str, dict[str, list[float]]]:
+    """``{group: {game: [final score per run]}}`` for the Atari runs at or under each path.
+
+    A run's score is the mean return of its ``eval.json`` (written by ``eval.py``,
+    e.g. 100 episodes as in the DrQ(epsilon) protocol) when there is one, else its
+    final in-training evaluation (``summary.json``).
+    """
+    import yaml
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise UserError(f"compare: {raw!r} does not exist", key="compare")
+        games: dict[str, list[float]] = {}
+        for run in find_runs(path):
+            config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+            env = (config or {}).get("env", {})
+            if env.get("kind") != "atari":
+                continue
+            score = None
+            eval_json = run / "checkpoints" / "eval.json"
+            if eval_json.is_file():
+                score = json.loads(eval_json.read_text()).get("mean")
+            elif (run / "summary.json").is_file():
+                score = json.loads((run / "summary.json").read_text()).get("eval/return_mean")
+            if score is not None:
+                games.setdefault(str(env["game"]), []).append(float(score))
+        if games:
+            out[path.name or raw] = games
+    return out
+
+
+def atari_aggregate_table(groups: dict[str, dict[str, list[float]]], reps: int = 2000,
+                          seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per group: human-normalised per-game means and IQM / median / mean with stratified bootstrap CIs.
+
+    Games with fewer runs than the group's most-run game are resampled down to a
+    common count (the first runs), since rliable needs a ``runs x games`` matrix.
+    """
+    from runtime.atari_scores import aggregate, normalized_matrix
+
+    table: dict[str, dict[str, Any]] = {}
+    for name, games in groups.items():
+        runs = min(len(v) for v in games.values())
+        trimmed = {g: v[:runs] for g, v in games.items()}
+        game_names, matrix = normalized_matrix(trimmed)
+        entry: dict[str, Any] = {"runs_per_game": runs, "games": {}, "matrix": matrix}
+        for i, game in enumerate(game_names):
+            entry["games"][game] = {"score_mean": float(np.mean(trimmed[list(trimmed)[i]])),
+                                    "hns_mean": float(matrix[:, i].mean())}
+        if runs >= 1:
+            entry["aggregate"] = aggregate(matrix, reps=reps, seed=seed) if matrix.size > 1 else {
+                key: {"value": float(matrix.mean()), "ci_low": float(matrix.mean()), "ci_high": float(matrix.mean())}
+                for key in ("iqm", "median", "mean")}
+        table[name] = entry
+    return table
+
+
+def format_atari_table(table: dict[str, dict[str, Any]]) -> str:
+    """The aggregate table as text: one line per group, then per-game means."""
+    lines = [f"{'group':30s} {'runs':>4s} {'IQM [95% CI]':>24s} {'median [95% CI]':>24s} {'mean [95% CI]':>24s}"]
+    for name, entry in table.items():
+        agg = entry["aggregate"]
+        cells = [f"{agg[k]['value']:.3f} [{agg[k]['ci_low']:.3f}, {agg[k]['ci_high']:.3f}]"
+                 for k in ("iqm", "median", "mean")]
+        lines.append(f"{name:30s} {entry['runs_per_game']:>4d} " + " ".join(f"{c:>24s}" for c in cells))
+        for game, g in entry["games"].items():
+            lines.append(f"    {game:26s} score {g['score_mean']:10.1f}   human-normalised {g['hns_mean']:7.3f}")
+    return "\n".join(lines)
+
+
+def plot_performance_profile(table: dict[str, dict[str, Any]], output: Path, reps: int = 2000,
+                             seed: int = 0) -> Path:
+    """rliable's score-distribution performance profile (fraction of runs above tau) with 95% bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import library as rly
+
+    np.random.seed(seed)
+    taus = np.linspace(0.0, 2.0, 81)
+    matrices = {name: entry["matrix"] for name, entry in table.items()}
+    profiles, cis = rly.create_performance_profile(matrices, taus, reps=reps)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name in matrices:
+        line, = ax.plot(taus, profiles[name], label=name)
+        ax.fill_between(taus, cis[name][0], cis[name][1], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel(r"human-normalised score $\tau$")
+    ax.set_ylabel(r"fraction of runs with score $> \tau$")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+    return output

@@ -1,0 +1,745 @@
+"""MuZero: planning with a learned model (Schrittwieser et al. 2020).
+
+Three functions learned end to end, none of them asked to predict observations:
+
+    representation   s^0 = h_theta(o_t)                         (latent state, min-max scaled)
+    dynamics         r^k, s^k = g_theta(s^{k-1}, a_{t+k-1})     (reward and next latent state)
+    prediction       p^k, v^k = f_theta(s^k)                    (policy logits and value)
+
+**Acting.** Every vector-env step searches all environments in one batched call of
+``planners.mcts`` (pUCT as in the paper, or Gumbel search, ``algorithm``). The search's
+model function is the learned model: latent states of tree ``b`` live in a tensor
+``latent[b, node]``; each simulation step runs the dynamics and prediction on the
+leaves' parents and actions. Q-values are ``r + discount * V`` with rewards on edges
+and tree-wide min-max normalisation (the core's). The root gets Dirichlet noise in
+self-play; the action is sampled from the visit counts ``N(a)^(1/T)`` with the paper's
+schedule ``T = 1, 0.5, 0.25`` over the first half, third quarter and last quarter of
+the run (Gumbel: the search's own selected action). Evaluation searches without noise
+and plays the most visited action.
+
+**Targets** for a sampled position ``t`` and unroll step ``k = 0..K``:
+
+    policy   pi_{t+k}  (the search's visit distribution, or Gumbel's improved policy)
+    reward   u_{t+k}   (for k >= 1: the reward of the edge a_{t+k-1})
+    value    z_{t+k} = sum_{i<n'} gamma^i u_{t+k+i} + gamma^{n'} v_target(o_{t+k+n'})
+
+with ``n' = n`` unless the episode ends first (then ``n'`` reaches the final
+observation, whose value is 0 after a termination and ``v_target`` after a
+truncation). With ``value_bootstrap: search``, ``v_target`` is the root value the search
+computed when it acted there (the paper's targets); with ``network`` it is the value a
+target network (copied every ``target_update_interval`` gradient steps) predicts from
+the stored observation, as in MuZero Reanalyse (appendix H) and EfficientZero. The final
+observation of a truncated episode always takes the target network's value (no search
+ran there). Two-player games take every term from the
+view of the player to move at ``t + k`` (a sign flip per ply of the other player).
+Past the end of an episode that terminated, the reward and value targets are 0
+(absorbing state) and the policy has no loss; past a truncation nothing is trained.
+
+**Reanalyse.** A fraction ``reanalyse_fraction`` of each batch gets fresh policy
+targets: its positions ``t..t+K`` are searched again with the latest network.
+
+**Loss** (per sample, weighted by prioritized replay's importance weights ``w``):
+
+    l = sum_{k=0}^{K} scale_k [ CE(pi_{t+k}, p^k) + value_loss_weight * CE(phi(z_{t+k}), v^k)
+                                + 1[k>0] CE(phi(u_{t+k}), r^k) ]
+
+``phi`` is the two-hot categorical projection of ``h(x) = sign(x)(sqrt(|x|+1)-1) + eps x``
+onto the integer support ``{-S..S}`` (``agents/_latent.py``); scalars are read back
+with ``h^-1`` of the expectation. The gradient of the step losses ``k >= 1`` is scaled
+by ``1/K`` and the gradient entering the dynamics' latent input by ``1/2``
+(``scale(x, s) = s x + (1 - s) stopgrad(x)``; appendix G). Weight decay through the
+optimizer. New positions enter the replay with the maximum priority; after each update
+a sampled start gets priority ``|v^0 - z_t|`` (``alpha``, ``beta`` from the paper).
+
+**Board games** (``env.kind: game``, ``spec.num_players == 2``): the same agent with
+the learned model in place of the simulator (``planners.mcts`` mode ``alphazero``:
+rewards are the mover's, values the player to move's, signs flip along each edge);
+only the root's legal moves are known to the search.
+
+Config -> networks -> targets -> acting (search, self-play) -> learning -> checkpoints.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from types import SimpleNamespace
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents._latent import (
+    MLPRepresentation,
+    ResidualBlock,
+    ResidualTorso,
+    mlp,
+    scalar_to_support,
+    scale_latent,
+    support_to_scalar,
+)
+from agents.base import Agent, AgentConfig, register
+from replay import SequenceReplay
+from runtime.errors import UserError
+
+
+# =============================================================================== config
+@dataclasses.dataclass
+class MuZeroConfig(AgentConfig):
+    """Hyperparameters (conf/agent/muzero.yaml cites their sources; conf/tuned/ per environment)."""
+
+    # network
+    torso: str = "auto"                 # auto | mlp | conv   (auto: conv for images >= 8 pixels a side)
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [128])   # MLP layers of each function
+    latent_dim: int = 64                # MLP latent size
+    channels: int = 64                  # conv latent channels
+    blocks: int = 1                     # residual blocks in representation, dynamics and prediction
+    support_size: int = 300             # value support {-S..S}
+    reward_support_size: int = 300      # reward support
+    # search
+    algorithm: str = "puct"             # puct | gumbel
+    num_simulations: int = 50
+    eval_simulations: int | None = None
+    pb_c_init: float = 1.25
+    pb_c_base: float = 19652.0
+    dirichlet_alpha: float = 0.25
+    dirichlet_fraction: float = 0.25
+    max_num_considered_actions: int = 16
+    gumbel_scale: float = 1.0
+    value_scale: float = 0.1
+    maxvisit_init: float = 50.0
+    temperature: float = 1.0            # visit temperature; x0.5 after half the run, x0.25 after 3/4
+    temperature_decay: bool = True
+    # targets
+    discount: float = 0.997
+    unroll_steps: int = 5               # K
+    n_step: int = 10                    # n
+    value_bootstrap: str = "search"     # search: stored root values (paper) | network: target network (Reanalyse)
+    target_update_interval: int = 100   # gradient steps between target-network copies
+    reanalyse_fraction: float = 0.0
+    # replay and learning
+    collect_steps: int = 1              # vector-env steps per train_iteration
+    buffer_size: int = 100_000          # positions kept
+    learning_starts: int = 1_000        # env steps before the first update
+    batch_size: int = 256
+    train_ratio: float = 1.0            # replayed windows per new env step
+    optimizer: str = "adam"             # adam | sgd (momentum 0.9, the paper's)
+    learning_rate: float = 1e-3
+    learning_rate_final: float | None = None   # linear anneal over the run (None: constant)
+    weight_decay: float = 1e-4
+    value_loss_weight: float = 0.25
+    max_grad_norm: float = 5.0
+    prioritized: bool = True
+    priority_alpha: float = 1.0
+    priority_beta: float = 1.0
+
+    def validate(self) -> None:
+        choices = {"torso": ("auto", "mlp", "conv"), "algorithm": ("puct", "gumbel"), "optimizer": ("adam", "sgd"),
+                   "value_bootstrap": ("search", "network")}
+        for key, options in choices.items():
+            if getattr(self, key) not in options:
+                raise UserError(f"unknown value {getattr(self, key)!r}", choices=list(options), key=f"agent.{key}")
+        checks = {
+            "hidden": all(int(h) >= 1 for h in self.hidden), "latent_dim": self.latent_dim >= 1,
+            "channels": self.channels >= 2, "blocks": self.blocks >= 0, "support_size": self.support_size >= 1,
+            "reward_support_size": self.reward_support_size >= 1, "num_simulations": self.num_simulations >= 1,
+            "eval_simulations": self.eval_simulations is None or self.eval_simulations >= 1,
+            "pb_c_init": self.pb_c_init > 0, "pb_c_base": self.pb_c_base > 0,
+            "dirichlet_alpha": self.dirichlet_alpha > 0, "dirichlet_fraction": 0 <= self.dirichlet_fraction <= 1,
+            "max_num_considered_actions": self.max_num_considered_actions >= 1,
+            "gumbel_scale": self.gumbel_scale >= 0, "value_scale": self.value_scale > 0,
+            "maxvisit_init": self.maxvisit_init >= 0, "temperature": self.temperature > 0,
+            "discount": 0 < self.discount <= 1, "unroll_steps": self.unroll_steps >= 1, "n_step": self.n_step >= 1,
+            "target_update_interval": self.target_update_interval >= 1,
+            "reanalyse_fraction": 0 <= self.reanalyse_fraction <= 1, "collect_steps": self.collect_steps >= 1,
+            "buffer_size": self.buffer_size >= 1, "learning_starts": self.learning_starts >= 0,
+            "batch_size": self.batch_size >= 1, "train_ratio": self.train_ratio >= 0,
+            "learning_rate": self.learning_rate > 0,
+            "learning_rate_final": self.learning_rate_final is None or self.learning_rate_final >= 0,
+            "weight_decay": self.weight_decay >= 0, "value_loss_weight": self.value_loss_weight >= 0,
+            "max_grad_norm": self.max_grad_norm > 0, "priority_alpha": self.priority_alpha >= 0,
+            "priority_beta": self.priority_beta >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
+
+
+# ============================================================================= networks
+class MLPModel(nn.Module):
+    """Representation, dynamics and prediction as MLPs over a latent vector (vectors, small boards)."""
+
+    def __init__(self, obs_dim: int, num_actions: int, cfg: MuZeroConfig):
+        super().__init__()
+        L, hidden = cfg.latent_dim, list(cfg.hidden)
+        self.num_actions = num_actions
+        self.representation_net = MLPRepresentation(obs_dim, hidden, L)
+        self.dynamics_trunk = nn.Sequential(mlp([L + num_actions, *hidden]), nn.LayerNorm(hidden[-1]), nn.ReLU())
+        self.next_state = nn.Linear(hidden[-1], L)
+        self.reward_head = nn.Linear(hidden[-1], 2 * cfg.reward_support_size + 1)
+        self.prediction_trunk = nn.Sequential(mlp([L, *hidden]), nn.LayerNorm(hidden[-1]), nn.ReLU())
+        self.policy_head = nn.Linear(hidden[-1], num_actions)
+        self.value_head = nn.Linear(hidden[-1], 2 * cfg.support_size + 1)
+        self.latent_shape = (L,)
+
+    def representation(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.representation_net(obs)
+
+    def dynamics(self, latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.dynamics_trunk(torch.cat([latent, F.one_hot(action, self.num_actions).to(latent.dtype)], -1))
+        return scale_latent(self.next_state(x)), self.reward_head(x)
+
+    def prediction(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.prediction_trunk(latent)
+        return self.policy_head(x), self.value_head(x)
+
+
+def _conv_head(channels: int, plane_shape: tuple[int, int], hidden: int, out: int) -> nn.Sequential:
+    """1x1 convolution to 16 planes, then an MLP (MuZero's heads, narrowed for CPU)."""
+    reduced = min(16, channels)
+    return nn.Sequential(nn.Conv2d(channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(reduced * plane_shape[0] * plane_shape[1], hidden), nn.ReLU(),
+                         nn.Linear(hidden, out))
+
+
+class ConvModel(nn.Module):
+    """Residual convolutional model over latent planes (Atari with down-sampling, MinAtar without)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: MuZeroConfig, downsample: bool,
+                 scale: float):
+        super().__init__()
+        C = cfg.channels
+        self.num_actions = num_actions
+        self.representation_net = ResidualTorso(obs_shape, C, cfg.blocks, downsample, scale)
+        self.latent_shape = self.representation_net.latent_shape
+        planes = tuple(self.latent_shape[1:])
+        hidden = int(cfg.hidden[-1])
+        self.dynamics_stem = nn.Sequential(nn.Conv2d(C + num_actions, C, 3, padding=1, bias=False),
+                                           nn.BatchNorm2d(C), nn.ReLU())
+        self.dynamics_tower = nn.Sequential(*[ResidualBlock(C) for _ in range(cfg.blocks)])
+        self.reward_head = _conv_head(C, planes, hidden, 2 * cfg.reward_support_size + 1)
+        self.prediction_tower = nn.Sequential(*[ResidualBlock(C) for _ in range(cfg.blocks)])
+        self.policy_head = _conv_head(C, planes, hidden, num_actions)
+        self.value_head = _conv_head(C, planes, hidden, 2 * cfg.support_size + 1)
+
+    def representation(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.representation_net(obs)
+
+    def dynamics(self, latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, hh, ww = latent.shape
+        planes = F.one_hot(action, self.num_actions).to(latent.dtype)[:, :, None, None].expand(n, -1, hh, ww)
+        x = self.dynamics_tower(self.dynamics_stem(torch.cat([latent, planes], 1)))
+        return scale_latent(x), self.reward_head(x)
+
+    def prediction(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.prediction_tower(latent)
+        return self.policy_head(x), self.value_head(x)
+
+
+def make_model(spec, cfg: MuZeroConfig) -> nn.Module:
+    """The model family that fits the observation space (``torso``)."""
+    space = spec.observation_space
+    if not isinstance(space, gym.spaces.Box):
+        raise UserError(f"muzero needs array observations, got {space}", key="env")
+    shape = tuple(space.shape)
+    torso = cfg.torso
+    if torso == "auto":
+        torso = "conv" if len(shape) == 3 and min(shape[1:]) >= 8 else "mlp"
+    if torso == "conv":
+        if len(shape) != 3:
+            raise UserError(f"agent.torso=conv needs image observations, got shape {shape}", key="agent.torso")
+        downsample = min(shape[1:]) >= 36
+        scale = 255.0 if space.dtype == np.uint8 else 1.0
+        return ConvModel(shape, spec.num_actions, cfg, downsample, scale)
+    return MLPModel(int(np.prod(shape)), spec.num_actions, cfg)
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; the gradient is multiplied by ``scale`` (MuZero appendix G)."""
+    return x * scale + x.detach() * (1.0 - scale)
+
+
+# ============================================================================= targets
+def bootstrap_positions(mask: torch.Tensor, terminated: torch.Tensor, n_step: int,
+                        unroll_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each position's n-step value target bootstraps, for windows of ``mask``/``terminated`` ``[B, W]``.
+
+    Returns ``position [B, K+1]`` (``min(k + n, steps)``, ``steps`` = valid steps in the
+    window), ``use [B, K+1]`` (False where that is the final observation of a terminated
+    episode: value 0) and ``terminated_end [B]`` (the window's episode ended by termination).
+    """
+    steps = mask.long().sum(1)
+    terminated_end = (terminated & mask).any(1)
+    k = torch.arange(unroll_steps + 1, device=mask.device)
+    position = torch.minimum(k[None, :] + n_step, steps[:, None])
+    use = ~(terminated_end[:, None] & (position == steps[:, None]))
+    return position, use, terminated_end
+
+
+def unroll_targets(reward: torch.Tensor, mask: torch.Tensor, terminated: torch.Tensor,
+                   bootstrap_value: torch.Tensor, gamma: float, n_step: int, unroll_steps: int,
+                   to_play: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Value, reward targets and loss masks for unroll steps ``k = 0..K`` (module docstring formulas).
+
+    ``reward, mask, terminated [B, W]`` are a :class:`SequenceBatch`'s; ``bootstrap_value
+    [B, K+1]`` is the value of the observation at :func:`bootstrap_positions` from the view
+    of the player to move there; ``to_play [B, W]`` (two-player games) flips the sign of
+    quantities of the other player. Returns ``value [B, K+1]``, ``reward [B, K+1]``
+    (column 0 unused), ``value_mask``, ``reward_mask``, ``policy_mask`` (bool ``[B, K+1]``).
+    """
+    K = unroll_steps
+    B, W = reward.shape
+    if W < K + n_step + 1:
+        raise ValueError(f"windows of width {W} are too short for unroll_steps={K}, n_step={n_step}")
+    reward = reward.double() * mask
+    position, use, terminated_end = bootstrap_positions(mask, terminated, n_step, K)
+    steps = mask.long().sum(1)
+    player = to_play.long() if to_play is not None else None
+    value = torch.zeros(B, K + 1, dtype=torch.float64, device=reward.device)
+    rows = torch.arange(B, device=reward.device)
+    for k in range(K + 1):
+        end = position[:, k]
+        total = torch.zeros(B, dtype=torch.float64, device=reward.device)
+        for i in range(n_step):
+            j = k + i
+            inside = (j < end).double()
+            sign = 1.0 if player is None else (player[:, j] == player[:, k]).double() * 2 - 1
+            total += gamma**i * reward[:, j] * inside * sign
+        sign_b = 1.0 if player is None else (player[rows, end.clamp(max=W - 1)] == player[:, k]).double() * 2 - 1
+        boot = bootstrap_value[:, k].double() * use[:, k] * sign_b
+        total += torch.pow(torch.full_like(total, gamma), (end - k).clamp(min=0).double()) * boot
+        value[:, k] = torch.where(k < steps, total, torch.zeros_like(total))
+    k = torch.arange(K + 1, device=reward.device)
+    beyond = k[None, :] >= steps[:, None]
+    value_mask = ~beyond | terminated_end[:, None]
+    reward_target = torch.zeros(B, K + 1, dtype=torch.float64, device=reward.device)
+    reward_target[:, 1:] = reward[:, :K]
+    reward_mask = torch.zeros(B, K + 1, dtype=torch.bool, device=reward.device)
+    reward_mask[:, 1:] = (k[None, 1:] - 1 < steps[:, None]) | terminated_end[:, None]
+    return {"value": value.float(), "reward": reward_target.float(), "value_mask": value_mask,
+            "reward_mask": reward_mask, "policy_mask": mask[:, :K + 1].clone()}
+
+
+# ============================================================================== agent
+@register("muzero")
+class MuZero(Agent):
+    """MuZero over a vector env (one player) or a batch of board games (two players)."""
+
+    Config = MuZeroConfig
+
+    def __init__(self, cfg: MuZeroConfig, spec, device, env=None, total_steps: int = 0, seed: int = 0):
+        super().__init__(cfg, spec, device, env, total_steps, seed)
+        torch.manual_seed(seed)
+        self.two_player = spec.num_players == 2
+        self.num_actions = spec.num_actions
+        self.net = make_model(spec, cfg).to(device)
+        self.target_net = copy.deepcopy(self.net).requires_grad_(False).eval()
+        params = self.net.parameters()
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9,
+                                             weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(seed)
+        extras: dict[str, tuple[tuple[int, ...], Any]] = {"policy": ((self.num_actions,), np.float32),
+                                                          "root_value": ((), np.float32)}
+        if self.two_player:
+            extras.update(to_play=((), np.int8), legal=((self.num_actions,), np.bool_))
+        self.replay = SequenceReplay(
+            capacity=cfg.buffer_size, observation_space=spec.observation_space, action_space=spec.action_space,
+            num_envs=spec.num_envs, unroll_steps=cfg.unroll_steps, n_step=cfg.n_step, gamma=cfg.discount,
+            extras=extras, frame_stack=spec.frame_stack, prioritized=cfg.prioritized, alpha=cfg.priority_alpha,
+            beta=cfg.priority_beta, seed=seed, device=device)
+        self.env_steps = 0
+        self.grad_steps = 0
+        self.update_credit = 0.0
+        self._forests: dict[tuple[int, str], Any] = {}
+        self.play_rng = np.random.default_rng(seed + 1)
+        self.game = env if self.two_player else None
+        self.obs = None
+        if env is not None:
+            if self.two_player:
+                env.reset()
+                self.obs = env.observation()
+            else:
+                self.obs = env.reset(seed=seed)[0]
+        if self.two_player:
+            self.evaluate = self._evaluate_games    # the trainer's hook for two-player protocols
+
+    # ====================================================================== search
+    def search_config(self, purpose: str, simulations: int | None = None):
+        """``purpose``: ``play`` (self-play, root noise), ``eval`` (noise-free) or ``reanalyse``."""
+        from planners.mcts import SearchConfig
+
+        cfg = self.cfg
+        evaluation = purpose != "play"
+        sims = simulations or ((cfg.eval_simulations or cfg.num_simulations) if purpose == "eval"
+                               else cfg.num_simulations)
+        return SearchConfig(
+            algorithm=cfg.algorithm, mode="alphazero" if self.two_player else "muzero",
+            num_simulations=int(sims), discount=cfg.discount, pb_c_init=cfg.pb_c_init, pb_c_base=cfg.pb_c_base,
+            dirichlet_alpha=cfg.dirichlet_alpha,
+            dirichlet_fraction=0.0 if evaluation or cfg.algorithm == "gumbel" else cfg.dirichlet_fraction,
+            known_bounds=(-1.0, 1.0) if self.two_player else None,
+            max_num_considered_actions=min(cfg.max_num_considered_actions, self.num_actions),
+            gumbel_scale=0.0 if evaluation else cfg.gumbel_scale, value_scale=cfg.value_scale,
+            maxvisit_init=cfg.maxvisit_init)
+
+    def _forest(self, batch_size: int, purpose: str, simulations: int | None = None):
+        from planners.mcts import Forest
+
+        config = self.search_config(purpose, simulations)
+        key = (batch_size, purpose)
+        forest = self._forests.get(key)
+        if forest is None or forest.config != config:
+            forest = Forest(batch_size, self.num_actions, config)
+            forest.seed(self.seed * 1_000_003 + batch_size * 3 + ("play", "eval", "reanalyse").index(purpose))
+            self._forests[key] = forest
+        return forest
+
+    @torch.inference_mode()
+    def search(self, obs: Any, purpose: str, legal: np.ndarray | None = None, temperature: float = 1.0,
+               simulations: int | None = None):
+        """One batched search from every observation in ``obs``; the learned model is the search's model."""
+        from planners.mcts import ModelOutput
+
+        net, S, R = self.net, self.cfg.support_size, self.cfg.reward_support_size
+        net.eval()
+        obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
+        B = obs_t.shape[0]
+        forest = self._forest(B, purpose, simulations)
+        latent = net.representation(obs_t)
+        logits, value_logits = net.prediction(latent)
+        store = torch.empty((B, forest.max_nodes) + tuple(latent.shape[1:]), dtype=latent.dtype, device=self.device)
+        store[:, 0] = latent
+
+        def model_fn(leaves):
+            tree = torch.from_numpy(leaves.tree_index.astype(np.int64))
+            parent = torch.from_numpy(leaves.parent_node.astype(np.int64))
+            action = torch.from_numpy(leaves.action.astype(np.int64)).clamp_(0, self.num_actions - 1)
+            next_latent, reward_logits = net.dynamics(store[tree, parent], action.to(self.device))
+            prior, value = net.prediction(next_latent)
+            need = torch.from_numpy(leaves.needs_eval)
+            store[tree[need], torch.from_numpy(leaves.node.astype(np.int64))[need]] = next_latent[need]
+            return ModelOutput(reward=support_to_scalar(reward_logits, R).double().cpu().numpy(),
+                               value=support_to_scalar(value, S).double().cpu().numpy(),
+                               prior_logits=prior.float().cpu().numpy())
+
+        forest.set_roots(logits.float().cpu().numpy(), support_to_scalar(value_logits, S).double().cpu().numpy(),
+                         None if legal is None else np.ascontiguousarray(legal, bool))
+        forest.run(model_fn)
+        return forest.results(temperature)
+
+    def policy_target(self, result) -> np.ndarray:
+        """The stored policy: visit fractions (pUCT) or Gumbel's improved policy (both ``improved_policy``)."""
+        return result.improved_policy.astype(np.float32)
+
+    def visit_temperature(self) -> float:
+        """The paper's schedule: T, T/2 after half the run, T/4 after three quarters."""
+        if not self.cfg.temperature_decay or self.total_steps <= 0:
+            return self.cfg.temperature
+        frac = self.env_steps / self.total_steps
+        return self.cfg.temperature * (1.0 if frac < 0.5 else 0.5 if frac < 0.75 else 0.25)
+
+    def act(self, obs: Any, explore: bool = False) -> np.ndarray:
+        """Searched actions for a batch of observations, or for the games of a ``BatchedGame``."""
+        from envs.games.base import BatchedGame
+
+        if isinstance(obs, BatchedGame):
+            return self.play(obs, explore)
+        if explore:
+            return self.search(obs, "play", temperature=self.visit_temperature()).selected_action.astype(np.int64)
+        result = self.search(obs, "eval", temperature=0.0)
+        return self._greedy(result)
+
+    def _greedy(self, result) -> np.ndarray:
+        """Most visited action (ties to the higher Q); Gumbel: the search's selected action."""
+        if self.cfg.algorithm == "gumbel":
+            return result.selected_action.astype(np.int64)
+        return (result.visit_counts + 1e-6 * np.tanh(result.q_values)).argmax(axis=1).astype(np.int64)
+
+    def play(self, game, explore: bool = False, simulations: int | None = None) -> np.ndarray:
+        """One searched move in every unfinished game of ``game`` (not stepped); the player protocol."""
+        actions = np.full(game.batch_size, -1, np.int64)
+        rows = np.flatnonzero(~game.terminal())
+        if rows.size == 0:
+            return actions
+        sub = game.take(rows)
+        legal = sub.legal_mask()
+        if explore:
+            result = self.search(sub.observation(), "play", legal, 1.0, simulations)
+            chosen = result.selected_action.astype(np.int64)
+        else:
+            result = self.search(sub.observation(), "eval", legal, 0.0, simulations)
+            chosen = self._greedy(result)
+        actions[rows] = np.where(legal[np.arange(rows.size), chosen], chosen, legal.argmax(axis=1))
+        return actions
+
+    def player(self, simulations: int | None = None, explore: bool = False) -> MuZeroPlayer:
+        """This agent as an ``envs.games`` player for ``play_match``."""
+        return MuZeroPlayer(self, simulations, explore)
+
+    def seed_player(self, seed: int | None) -> None:
+        """Reseed evaluation searches (self-play streams are untouched)."""
+        for (batch, purpose), forest in self._forests.items():
+            if purpose == "eval":
+                forest.seed(int(seed or 0) * 1_000_003 + batch)
+
+    # ===================================================================== self-play
+    def collect(self) -> dict[str, float]:
+        """``collect_steps`` searched steps of every environment, stored with their search statistics."""
+        root_values = []
+        for _ in range(self.cfg.collect_steps):
+            if self.two_player:
+                root_values.append(self._game_step())
+                continue
+            result = self.search(self.obs, "play", temperature=self.visit_temperature())
+            actions = result.selected_action.astype(np.int64)
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            self.replay.add(self.obs, actions, np.asarray(reward, np.float32), info["next_obs"], terminated,
+                            truncated, extras={"policy": self.policy_target(result),
+                                               "root_value": result.root_value.astype(np.float32)})
+            self.obs = next_obs
+            self.env_steps += self.spec.num_envs
+            root_values.append(float(result.root_value.mean()))
+        return {"root_value": float(np.mean(root_values)), "visit_temperature": self.visit_temperature()}
+
+    def _game_step(self) -> float:
+        """One self-play ply of every board game; finished games restart in place."""
+        game = self.game
+        obs, legal, to_play = game.observation(), game.legal_mask(), game.to_play()
+        result = self.search(obs, "play", legal, temperature=self.visit_temperature())
+        actions = result.selected_action.astype(np.int64)
+        actions = np.where(legal[np.arange(len(actions)), actions], actions, legal.argmax(axis=1))
+        game.step(actions)
+        terminal = game.terminal()
+        reward = np.where(terminal, -game.outcome_for_to_play(), 0.0).astype(np.float32)
+        final_obs = game.observation()
+        self.replay.add(obs, actions, reward, final_obs, terminal, np.zeros_like(terminal),
+                        extras={"policy": self.policy_target(result), "root_value": result.root_value.astype(np.float32),
+                                "to_play": to_play.astype(np.int8), "legal": legal})
+        done = np.flatnonzero(terminal)
+        if done.size:
+            game.reset_games(done)
+        self.obs = game.observation()
+        self.env_steps += game.batch_size
+        return float(result.root_value.mean())
+
+    # ====================================================================== learning
+    def learning_rate(self) -> float:
+        if self.cfg.learning_rate_final is None:
+            return self.cfg.learning_rate
+        frac = min(1.0, self.env_steps / max(1, self.total_steps))
+        return self.cfg.learning_rate + frac * (self.cfg.learning_rate_final - self.cfg.learning_rate)
+
+    @torch.no_grad()
+    def _network_values(self, batch, position: torch.Tensor) -> torch.Tensor:
+        """Target-network values of the observations at ``position`` (``[rows, J]`` offsets into the windows)."""
+        obs = self.replay.observations_at(batch, position.cpu().numpy())
+        flat = obs.reshape((-1,) + tuple(obs.shape[2:]))
+        _, value_logits = self.target_net.prediction(self.target_net.representation(flat.to(self.device)))
+        return support_to_scalar(value_logits, self.cfg.support_size).view(position.shape)
+
+    def _bootstrap_values(self, batch, position: torch.Tensor) -> torch.Tensor:
+        """Values ``[B, K+1]`` of the observations at the bootstrap positions (``value_bootstrap``).
+
+        ``network``: the target network on the stored observations. ``search``: the root
+        values stored by the search that chose the action there (the paper's targets); the
+        final observation of a truncated episode has no search, so the target network
+        values it.
+        """
+        if self.cfg.value_bootstrap == "network":
+            return self._network_values(batch, position)
+        stored = batch.extras["root_value"].float()
+        values = stored.gather(1, position.clamp(max=stored.shape[1] - 1))
+        steps = batch.mask.long().sum(1, keepdim=True)
+        final = position == steps        # the final observation: terminated (unused) or truncated
+        truncated = final & ~(batch.terminated & batch.mask).any(1, keepdim=True)
+        rows = torch.nonzero(truncated.any(1)).flatten()
+        if rows.numel():
+            view = SimpleNamespace(indices=np.asarray(batch.indices)[rows.cpu().numpy()], mask=batch.mask[rows])
+            fresh = self._network_values(view, position[rows])
+            values[rows] = torch.where(truncated[rows], fresh, values[rows])
+        return values
+
+    def _reanalyse(self, batch, policy: torch.Tensor) -> torch.Tensor:
+        """Fresh search policies for the first ``reanalyse_fraction`` of the batch (positions 0..K)."""
+        K = self.cfg.unroll_steps
+        count = round(self.cfg.reanalyse_fraction * policy.shape[0])
+        if count == 0:
+            return policy
+        offsets = np.broadcast_to(np.arange(K + 1), (policy.shape[0], K + 1))
+        obs = self.replay.observations_at(batch, offsets)[:count]
+        flat = obs.reshape((-1,) + tuple(obs.shape[2:]))
+        legal = None
+        if self.two_player:
+            legal = batch.extras["legal"][:count, :K + 1].reshape(-1, self.num_actions).cpu().numpy()
+            legal = np.where(legal.any(axis=1, keepdims=True), legal, True)
+        result = self.search(flat.cpu().numpy(), "reanalyse", legal)
+        fresh = torch.as_tensor(self.policy_target(result), device=policy.device).view(count, K + 1, -1)
+        policy = policy.clone()
+        policy[:count] = fresh
+        return policy
+
+    def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """The MuZero loss of a batch of windows; returns (loss, root priorities, metrics)."""
+        cfg, net = self.cfg, self.net
+        K, S, R = cfg.unroll_steps, cfg.support_size, cfg.reward_support_size
+        reward = batch.reward
+        if self.spec.reward_clip is not None:
+            reward = reward.clamp(-self.spec.reward_clip, self.spec.reward_clip)
+        position, _, _ = bootstrap_positions(batch.mask, batch.terminated, cfg.n_step, K)
+        boot = self._bootstrap_values(batch, position)
+        to_play = batch.extras["to_play"] if self.two_player else None
+        targets = unroll_targets(reward, batch.mask, batch.terminated, boot, cfg.discount, cfg.n_step, K, to_play)
+        policy = batch.extras["policy"][:, :K + 1].float()
+        policy = self._reanalyse(batch, policy)
+        policy = policy / policy.sum(-1, keepdim=True).clamp_min(1e-8)
+        value_probs = scalar_to_support(targets["value"], S)
+        reward_probs = scalar_to_support(targets["reward"], R)
+        actions = batch.action[:, :K].long()
+
+        net.train()
+        latent = net.representation(batch.obs.to(self.device))
+        per_sample = torch.zeros(latent.shape[0], device=self.device)
+        parts = {"policy_loss": 0.0, "value_loss": 0.0, "reward_loss": 0.0}
+        root_value = None
+        for k in range(K + 1):
+            if k > 0:
+                latent, reward_logits = net.dynamics(scale_gradient(latent, 0.5), actions[:, k - 1])
+                reward_loss = -(reward_probs[:, k] * F.log_softmax(reward_logits, -1)).sum(-1)
+                reward_loss = reward_loss * targets["reward_mask"][:, k]
+            else:
+                reward_loss = torch.zeros_like(per_sample)
+            logits, value_logits = net.prediction(latent)
+            if k == 0:
+                root_value = support_to_scalar(value_logits.detach(), S)
+            value_loss = -(value_probs[:, k] * F.log_softmax(value_logits, -1)).sum(-1) * targets["value_mask"][:, k]
+            policy_loss = -(policy[:, k] * F.log_softmax(logits, -1)).sum(-1) * targets["policy_mask"][:, k]
+            step = policy_loss + cfg.value_loss_weight * value_loss + reward_loss
+            per_sample = per_sample + (step if k == 0 else scale_gradient(step, 1.0 / K))
+            parts["policy_loss"] += policy_loss.mean().item()
+            parts["value_loss"] += value_loss.mean().item()
+            parts["reward_loss"] += reward_loss.mean().item()
+        loss = (per_sample * batch.weights).mean()
+        priority = (root_value - targets["value"][:, 0]).abs()
+        parts = {k: v / (K + 1) for k, v in parts.items()}
+        parts["value_target"] = targets["value"][:, 0].mean().item()
+        return loss, priority, parts
+
+    def learn(self, steps: int) -> dict[str, float]:
+        """``steps`` gradient steps on prioritized windows."""
+        sums: dict[str, float] = {}
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        for _ in range(steps):
+            batch = self.replay.sample(self.cfg.batch_size)
+            loss, priority, parts = self.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            if self.cfg.prioritized:
+                self.replay.update_priorities(batch.indices, priority.cpu().numpy())
+            self.grad_steps += 1
+            if self.grad_steps % self.cfg.target_update_interval == 0:
+                self.target_net.load_state_dict(self.net.state_dict())
+            parts["loss"] = loss.item()
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+        return {key: value / max(steps, 1) for key, value in sums.items()}
+
+    def train_iteration(self) -> dict[str, Any]:
+        """Collect ``collect_steps`` vector steps, then ``train_ratio`` replayed windows per new step."""
+        if self.env is None:
+            raise RuntimeError("train_iteration needs the environment the agent was built with")
+        before = self.env_steps
+        metrics = self.collect()
+        new = self.env_steps - before
+        # every env must have filled one whole window (K + n + 1 steps) before sampling
+        window = (self.cfg.unroll_steps + self.cfg.n_step + 1) * self.spec.num_envs
+        if self.env_steps >= max(self.cfg.learning_starts, window, 1):
+            self.update_credit += new * self.cfg.train_ratio / self.cfg.batch_size
+            steps = int(self.update_credit)
+            self.update_credit -= steps
+            if steps:
+                metrics.update(self.learn(steps))
+                metrics["learning_rate"] = self.learning_rate()
+        metrics.update(env_steps=new, grad_steps_total=self.grad_steps)
+        return metrics
+
+    def restart_episodes(self, obs: Any) -> None:
+        """Continue from freshly reset envs: the replay closes the interrupted episodes."""
+        self.obs = obs
+        self.replay.abandon_episodes()
+
+    # =================================================================== checkpoints
+    def state_dict(self, include_replay: bool = True) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "net": self.net.state_dict(), "target_net": self.target_net.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "env_steps": self.env_steps, "grad_steps": self.grad_steps,
+            "update_credit": self.update_credit,
+            "search_rng": {f"{b}/{p}": f.rng_state.astype(np.int64) for (b, p), f in self._forests.items()
+                           if p != "eval"},
+        }
+        if self.game is not None:
+            state["games"] = {k: np.asarray(v) for k, v in self.game.clone().arrays.items()}
+        elif self.obs is not None:
+            state["obs"] = self.obs
+        if include_replay:
+            state["replay"] = self.replay.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.target_net.load_state_dict(state.get("target_net", state["net"]))
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if "rng" in state:
+            self.rng.bit_generator.state = state["rng"]
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        self.env_steps = int(state.get("env_steps", 0))
+        self.grad_steps = int(state.get("grad_steps", 0))
+        self.update_credit = float(state.get("update_credit", 0.0))
+        for key, rng_state in state.get("search_rng", {}).items():
+            batch, purpose = key.split("/")
+            self._forest(int(batch), purpose).rng_state = np.asarray(rng_state).astype(np.uint64)
+        if self.game is not None and "games" in state:
+            from envs.games.base import GameState
+
+            self.game.restore(GameState({k: np.array(v) for k, v in state["games"].items()}, kind=self.game.name))
+            self.obs = self.game.observation()
+        elif state.get("obs") is not None:
+            self.obs = state["obs"]
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+
+    # ==================================================================== evaluation
+    def _evaluate_games(self, episodes: int, seed: int) -> dict[str, float]:
+        """Games against uniform random play (and perfect play on tic-tac-toe), colours alternating."""
+        from runtime.match_eval import default_opponents, evaluate_against
+
+        games = max(2, episodes + episodes % 2)
+        env_cfg = {"game": self.spec.extras["game"], "kwargs": self.spec.extras.get("game_kwargs", {})}
+        out: dict[str, float] = {}
+        for opponent in default_opponents(env_cfg):
+            result = evaluate_against(self, env_cfg, opponent, games, seed)
+            out.update({f"eval/vs_{opponent}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+        return out
+
+
+class MuZeroPlayer:
+    """A :class:`MuZero` agent behind the player protocol of ``envs.games`` (reseedable)."""
+
+    def __init__(self, agent: MuZero, simulations: int | None = None, explore: bool = False):
+        self.agent, self.simulations, self.explore = agent, simulations, explore
+
+    def seed(self, seed: int | None) -> None:
+        self.agent.seed_player(seed)
+
+    def act(self, game) -> np.ndarray:
+        return self.agent.play(game, self.explore, self.simulations)

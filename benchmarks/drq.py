@@ -1,0 +1,253 @@
+"""DrQ / DrQ(epsilon) benchmarks: training throughput against SB3's DQN, an ablation, run-time extrapolation.
+
+Sections (``--sections throughput,ablation,games``):
+
+``throughput``
+    Env steps per second while learning, on the same Atari game, the same
+    network (Nature CNN + linear Q head), batch size 32 and update ratio (one
+    update per env step, target synced every update), ours vs Stable-Baselines3's
+    ``DQN``, measured side by side in this process (alternating rounds, torch
+    threads equal). Ours runs DrQ(epsilon)'s update (double Q, 10-step returns,
+    augmentation) with the dueling head off so that the networks match; a second
+    line times the full DrQ(epsilon) configuration (dueling on), from which the
+    wall time of one 100k-step run is extrapolated (random warm-up steps + learning
+    steps at the measured rates + the final 100-episode evaluation is not counted).
+
+``ablation``
+    Short runs of ``train.py agent=drq env=atari`` on one game: no augmentation,
+    augmentation only (K = M = 1), + M = 2, + K = 2; final evaluation return and
+    wall time of each.
+
+``games``
+    Human-normalised per-game scores and IQM / median / mean with stratified
+    bootstrap CIs of finished runs (``--runs <dirs>``), next to the published
+    DrQ(epsilon) aggregates.
+
+``--json`` prints one JSON object as the last line. Examples:
+
+    python benchmarks/drq.py --sections throughput --game pong --measure 1000 --json
+    python benchmarks/drq.py --sections ablation --game boxing --ablation-steps 6000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Published DrQ(epsilon) aggregates on the 26 games, 100k steps (human-normalised), as tabulated in
+# Schwarzer et al. 2023 ("Bigger, Better, Faster", Table A.1) from Agarwal et al. 2021's runs.
+PUBLISHED_DRQ_EPS = {"iqm": 0.280, "median": 0.313, "mean": 0.465}
+
+CAMEL = {"pong": "Pong", "breakout": "Breakout", "boxing": "Boxing", "ms_pacman": "MsPacman", "qbert": "Qbert",
+         "seaquest": "Seaquest", "alien": "Alien", "freeway": "Freeway", "kangaroo": "Kangaroo"}
+
+
+def drq_eps_settings(**changes) -> dict:
+    """conf/agent/drq.yaml with conf/tuned/drq_atari.yaml on top (the DrQ(epsilon) agent settings)."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(ROOT / "conf" / "agent" / "drq.yaml")
+    tuned = OmegaConf.load(ROOT / "conf" / "tuned" / "drq_atari.yaml")
+    merged = OmegaConf.to_container(OmegaConf.merge(base, tuned.agent), resolve=True)
+    merged.update(changes)
+    return merged
+
+
+def ours_rate(game: str, warmup: int, measure: int, seed: int, **changes) -> dict:
+    """Env steps/s of our DrQ over ``measure`` learning steps after ``warmup`` random ones."""
+    import torch
+
+    import envs
+    from agents.drq import DrQ, DrQConfig
+
+    values = drq_eps_settings(learning_starts=warmup, buffer_size=warmup + measure + 100, **changes)
+    cfg = DrQConfig(**values)
+    cfg.validate()
+    env_cfg = {"kind": "atari", "game": game, "protocol": "atari100k", "num_envs": 1, "noop_max": 0}
+    env, spec = envs.make(env_cfg, num_envs=1, seed=seed)
+    agent = DrQ(cfg, spec, torch.device("cpu"), env=env, total_steps=100_000, seed=seed)
+    start = time.perf_counter()
+    while agent.env_steps < warmup:
+        agent.train_iteration()
+    warm = time.perf_counter() - start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    while agent.env_steps < warmup + measure:
+        agent.train_iteration()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    env.close()
+    return {"steps_per_second": measure / elapsed, "steps_per_cpu_second": measure / cpu,
+            "warmup_steps_per_second": warmup / warm, "grad_steps": agent.grad_steps}
+
+
+def sb3_rate(game: str, warmup: int, measure: int, seed: int) -> dict:
+    """Env steps/s of SB3's DQN (CnnPolicy) with the same network, batch and update ratio."""
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+
+    class Clock(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.marks: dict[str, float] = {}
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 1:
+                self.marks["start"] = time.perf_counter()
+            if self.num_timesteps == warmup:
+                self.marks["warm"], self.marks["warm_cpu"] = time.perf_counter(), time.process_time()
+            if self.num_timesteps == warmup + measure:
+                self.marks["end"], self.marks["end_cpu"] = time.perf_counter(), time.process_time()
+            return True
+
+    env = VecFrameStack(make_atari_env(f"{CAMEL.get(game, game.title())}NoFrameskip-v4", n_envs=1, seed=seed), 4)
+    model = DQN("CnnPolicy", env, learning_rate=1e-4, buffer_size=warmup + measure + 100, learning_starts=warmup,
+                batch_size=32, gamma=0.99, train_freq=1, gradient_steps=1, target_update_interval=1,
+                exploration_fraction=0.05, exploration_final_eps=0.01, device="cpu", seed=seed,
+                optimize_memory_usage=True, replay_buffer_kwargs={"handle_timeout_termination": False},
+                policy_kwargs={"optimizer_kwargs": {"eps": 1.5e-4}}, verbose=0)
+    clock = Clock()
+    model.learn(total_timesteps=warmup + measure, callback=clock)
+    env.close()
+    marks = clock.marks
+    return {"steps_per_second": measure / (marks["end"] - marks["warm"]),
+            "steps_per_cpu_second": measure / (marks["end_cpu"] - marks["warm_cpu"]),
+            "warmup_steps_per_second": warmup / (marks["warm"] - marks["start"])}
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def throughput(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows: dict[str, list[dict]] = {"ours_same_network": [], "sb3_dqn": [], "ours_drq_eps": []}
+    loads = [load_average()]
+    for r in range(args.rounds):
+        seed = args.seed + r
+        rows["ours_same_network"].append(ours_rate(args.game, args.warmup, args.measure, seed, dueling=False))
+        loads.append(load_average())
+        rows["sb3_dqn"].append(sb3_rate(args.game, args.warmup, args.measure, seed))
+        loads.append(load_average())
+        rows["ours_drq_eps"].append(ours_rate(args.game, args.warmup, args.measure, seed))
+        loads.append(load_average())
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]['steps_per_second']:.1f} steps/s wall, "
+                                         f"{v[-1]['steps_per_cpu_second']:.1f} per CPU second" for k, v in rows.items())
+              + f" (load {loads[-1]})", flush=True)
+    med = {k: float(np.median([x["steps_per_second"] for x in v])) for k, v in rows.items()}
+    med_cpu = {k: float(np.median([x["steps_per_cpu_second"] for x in v])) for k, v in rows.items()}
+    warm = float(np.median([x["warmup_steps_per_second"] for x in rows["ours_drq_eps"]]))
+    learn_steps = 100_000 - 1600
+    minutes = (1600 / warm + learn_steps / med["ours_drq_eps"]) / 60
+    minutes_cpu = (1600 / warm + learn_steps / med_cpu["ours_drq_eps"]) / 60
+    print(f"\n{args.game}, batch 32, 1 update per env step, {args.measure} learning steps after {args.warmup} "
+          f"random ones, median of {args.rounds} round(s), torch threads {args.threads}")
+    print(f"{'':28s} {'env steps/s (wall)':>20s} {'env steps per CPU s':>20s}")
+    for key, value in med.items():
+        print(f"{key:28s} {value:20.1f} {med_cpu[key]:20.1f}")
+    ratio = med["ours_same_network"] / med["sb3_dqn"]
+    ratio_cpu = med_cpu["ours_same_network"] / med_cpu["sb3_dqn"]
+    print(f"ours / SB3 DQN (same network): {ratio:.2f}x wall, {ratio_cpu:.2f}x per CPU second (target >= 1.5x)")
+    print(f"one 100k-step DrQ(eps) run extrapolated: {minutes:.0f} min at the measured wall rate, "
+          f"{minutes_cpu:.0f} min with a whole core (target <= 45 min); load averages {loads}")
+    return {"figures": {"steps_per_second": med, "steps_per_cpu_second": med_cpu, "rounds": rows,
+                        "extrapolated_100k_minutes": minutes, "extrapolated_100k_minutes_whole_core": minutes_cpu,
+                        "load_averages": loads, "game": args.game},
+            "ratios": {"ours/sb3_dqn": ratio, "ours/sb3_dqn_cpu_time": ratio_cpu}}
+
+
+ABLATION = {
+    "no_augmentation": ["agent.augmentation=none"],
+    "augmentation_only": [],
+    "plus_M2": ["agent.q_augmentations=2"],
+    "plus_M2_K2": ["agent.q_augmentations=2", "agent.target_augmentations=2"],
+}
+
+
+def ablation(args) -> dict:
+    out_root = Path(args.out) / "ablation"
+    results = {}
+    for name, overrides in ABLATION.items():
+        runs_root = out_root / name
+        start = time.perf_counter()
+        cmd = [sys.executable, str(ROOT / "train.py"), "agent=drq", "env=atari", f"env.game={args.game}",
+               "logger=none", f"total_env_steps={args.ablation_steps}", f"eval.interval={args.ablation_steps}",
+               f"eval.episodes={args.ablation_episodes}", f"seed={args.seed}", f"torch_threads={args.threads}",
+               f"runs_root={runs_root}", *overrides]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                              env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(args.threads)})
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            results[name] = {"error": proc.returncode}
+            continue
+        summary = json.loads(next(runs_root.rglob("summary.json")).read_text())
+        results[name] = {"return_mean": summary["eval/return_mean"], "ci": [summary["eval/return_ci_low"],
+                                                                         summary["eval/return_ci_high"]],
+                         "wall_minutes": wall / 60, "load": load_average()}
+        print(f"{name:20s} return {summary['eval/return_mean']:8.2f} "
+              f"[{summary['eval/return_ci_low']:.2f}, {summary['eval/return_ci_high']:.2f}]  "
+              f"{wall / 60:5.1f} min  (load {load_average()})", flush=True)
+    return {"figures": {"ablation": results, "game": args.game, "steps": args.ablation_steps}, "ratios": {}}
+
+
+def games(args) -> dict:
+    from runtime.compare import (
+        atari_aggregate_table,
+        atari_final_scores,
+        format_atari_table,
+    )
+
+    groups = atari_final_scores(args.runs)
+    if not groups:
+        print("no finished Atari runs under --runs")
+        return {"figures": {}, "ratios": {}}
+    table = atari_aggregate_table(groups)
+    print(format_atari_table(table))
+    print("published DrQ(eps), 26 games: " + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED_DRQ_EPS.items()))
+    return {"figures": {name: {k: v for k, v in entry.items() if k != "matrix"} for name, entry in table.items()},
+            "ratios": {}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="throughput")
+    parser.add_argument("--game", default="pong")
+    parser.add_argument("--warmup", type=int, default=1600)
+    parser.add_argument("--measure", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablation-steps", type=int, default=6000)
+    parser.add_argument("--ablation-episodes", type=int, default=10)
+    parser.add_argument("--runs", nargs="*", default=[])
+    parser.add_argument("--out", default="/tmp/arbor-drq-bench")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    figures, ratios = {}, {}
+    for section in args.sections.split(","):
+        print(f"== {section} ==", flush=True)
+        result = {"throughput": throughput, "ablation": ablation, "games": games}[section](args)
+        figures[section] = result["figures"]
+        ratios.update(result["ratios"])
+    if args.json:
+        print(json.dumps({"benchmark": "drq", "figures": figures, "ratios": ratios}, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Human-normalised Atari 100k scores and the aggregate table of finished runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runtime.atari_scores import (
+    ATARI_100K_GAMES,
+    SCORES,
+    canonical,
+    human_normalized,
+    normalized_matrix,
+)
+from runtime.compare import (
+    atari_aggregate_table,
+    atari_final_scores,
+    format_atari_table,
+    plot_performance_profile,
+)
+from runtime.errors import UserError
+
+
+def test_reference_scores_cover_the_26_games_with_ale_names():
+    from envs.atari import game_names
+
+    assert len(ATARI_100K_GAMES) == 26
+    assert set(ATARI_100K_GAMES) <= set(game_names())
+    assert all(human > random for random, human in SCORES.values())
+    assert SCORES["pong"] == (-20.7, 14.6) and SCORES["breakout"] == (1.7, 30.5)
+
+
+def test_normalisation_maps_random_to_zero_and_human_to_one():
+    assert human_normalized("Pong", -20.7) == 0.0
+    assert human_normalized("pong", 14.6) == pytest.approx(1.0)
+    assert np.allclose(human_normalized("MsPacman", [307.3, 6951.6]), [0.0, 1.0])
+    assert canonical("UpNDown") == "up_n_down" and canonical("kungfumaster") == "kung_fu_master"
+    with pytest.raises(UserError):
+        canonical("montezuma_revenge")
+    games, matrix = normalized_matrix({"boxing": [0.1, 12.1], "Breakout": [30.5, 1.7]})
+    assert games == ["boxing", "breakout"]
+    assert np.allclose(matrix, [[0.0, 1.0], [1.0, 0.0]])
+
+
+def fake_run(root, name, game, score):
+    run = root / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"env:\n  kind: atari\n  game: {game}\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"env_steps": 100000, "eval/return_mean": score}) + "\n")
+    (run / "summary.json").write_text(json.dumps({"eval/return_mean": score}))
+    return run
+
+
+def test_aggregate_table_and_profile_from_run_directories(tmp_path):
+    group = tmp_path / "drq"
+    scores = {"pong": [-20.7, -3.0, 14.6], "boxing": [0.1, 6.1, 12.1]}
+    for game, values in scores.items():
+        for seed, score in enumerate(values):
+            fake_run(group, f"{game}_s{seed}", game, 99.0 if (game, seed) == ("pong", 0) else score)
+    # eval.py's 100-episode evaluation wins over the in-training one (99 in summary.json)
+    (group / "pong_s0" / "checkpoints" / "eval.json").write_text(json.dumps({"mean": -20.7}))
+    found = atari_final_scores([str(group)])
+    assert sorted(found["drq"]["pong"]) == sorted(scores["pong"])
+    table = atari_aggregate_table(found, reps=200)
+    entry = table["drq"]
+    assert entry["runs_per_game"] == 3
+    assert entry["games"]["boxing"]["hns_mean"] == pytest.approx(0.5)
+    agg = entry["aggregate"]
+    assert agg["mean"]["value"] == pytest.approx(np.mean(entry["matrix"]))
+    assert agg["iqm"]["ci_low"] <= agg["iqm"]["value"] <= agg["iqm"]["ci_high"]
+    assert "IQM" in format_atari_table(table)
+    out = plot_performance_profile(table, tmp_path / "profile.png", reps=50)
+    assert out.is_file() and out.stat().st_size > 1000

@@ -1,0 +1,300 @@
+"""MuZero: value transform, categorical supports, unroll targets, search, learning, resume."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import compose, read_jsonl, run_cli
+
+from agents._latent import (
+    h,
+    h_inverse,
+    scalar_to_support,
+    scale_latent,
+    support_to_scalar,
+)
+from agents.muzero import MuZero, MuZeroConfig, unroll_targets
+from replay import SequenceReplay
+from runtime.trainer import Trainer
+
+TINY = ["agent=muzero", "env=cartpole", "logger=none", "torch_threads=1", "env.num_envs=4", "agent.algorithm=puct",
+        "agent.hidden=[16]", "agent.latent_dim=8", "agent.support_size=10", "agent.reward_support_size=3",
+        "agent.num_simulations=4", "agent.collect_steps=4", "agent.learning_starts=100", "agent.batch_size=16",
+        "agent.train_ratio=8", "agent.unroll_steps=2", "agent.n_step=3", "eval.episodes=2", "eval.num_envs=2",
+        "logger.interval=100"]
+
+
+# ------------------------------------------------------------------ value transform
+def test_h_matches_the_formula_and_inverts():
+    x = torch.tensor([-1e5, -300.0, -3.0, -0.5, 0.0, 0.25, 3.0, 1234.5, 1e6], dtype=torch.float64)
+    expected = torch.sign(x) * (torch.sqrt(x.abs() + 1) - 1) + 1e-3 * x
+    assert torch.allclose(h(x), expected)
+    assert h(torch.tensor(3.0)).item() == pytest.approx(1.003)
+    assert torch.allclose(h_inverse(h(x)), x, rtol=1e-9, atol=1e-7)
+
+
+def test_categorical_projection_is_two_hot_with_the_right_expectation():
+    x = torch.tensor([0.0, 1.0, -2.5, 17.0, 1e9])
+    probs = scalar_to_support(x, support_size=5)
+    atoms = torch.arange(-5, 6, dtype=torch.float32)
+    assert probs.shape == (5, 11)
+    assert torch.allclose(probs.sum(-1), torch.ones(5))
+    assert ((probs > 0).sum(-1) <= 2).all()
+    # the expectation is h(x), clipped to the support
+    assert torch.allclose((probs * atoms).sum(-1), h(x).clamp(-5, 5), atol=1e-6)
+    # h(1) = sqrt(2) - 1 + 0.001 = 0.41521: atom 0 gets 0.58479, atom 1 gets 0.41521
+    assert probs[1, 5].item() == pytest.approx(1 - 0.41521356, abs=1e-6)
+    assert probs[1, 6].item() == pytest.approx(0.41521356, abs=1e-6)
+    # reading the scalar back from the projection's log-probabilities inverts it inside the support
+    inside = torch.tensor([0.0, 1.0, -2.5, 17.0])
+    logits = torch.log(scalar_to_support(inside, 5).clamp_min(1e-30))
+    assert torch.allclose(support_to_scalar(logits, 5), inside, atol=1e-4)
+
+
+def test_latent_scaling_maps_each_sample_to_unit_range():
+    s = torch.tensor([[1.0, 3.0, 2.0], [-4.0, -4.0, 0.0]]).view(2, 3, 1, 1)
+    out = scale_latent(s).view(2, 3)
+    assert torch.allclose(out, torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.0, 1.0]]))
+
+
+# ------------------------------------------------------------------ unroll targets
+def _episode_replay(truncate: bool, n_step: int, unroll_steps: int, players: bool = False):
+    """One 4-step episode: observations o_i = i, rewards 1, 2, 3, 4, ending (terminated or truncated) at step 3."""
+    space = gym.spaces.Box(-10, 10, (1,), np.float32)
+    extras = {"to_play": ((), np.int8)} if players else None
+    replay = SequenceReplay(64, space, gym.spaces.Discrete(2), num_envs=1, unroll_steps=unroll_steps,
+                            n_step=n_step, gamma=0.5, extras=extras)
+    for i in range(4):
+        end = i == 3
+        replay.add(np.array([[i]], np.float32), np.array([i % 2]), np.array([i + 1.0], np.float32),
+                   np.array([[i + 1]], np.float32), np.array([end and not truncate]), np.array([end and truncate]),
+                   extras={"to_play": np.array([i % 2])} if players else None)
+    return replay
+
+
+def _targets_by_start(replay, gamma, n_step, unroll_steps, players=False):
+    """Targets of every window start, computed with bootstrap values v(o) = 100 * o."""
+    from agents.muzero import bootstrap_positions
+
+    batch = replay.sample(64)
+    position, _, _ = bootstrap_positions(batch.mask, batch.terminated, n_step, unroll_steps)
+    obs = replay.observations_at(batch, position.numpy())
+    boot = 100.0 * obs[..., 0]
+    targets = unroll_targets(batch.reward, batch.mask, batch.terminated, boot, gamma, n_step, unroll_steps,
+                             batch.extras["to_play"] if players else None)
+    start = batch.obs[:, 0].long().numpy()
+    out = {}
+    for s in np.unique(start):
+        row = int(np.flatnonzero(start == s)[0])
+        out[int(s)] = {k: v[row].tolist() for k, v in targets.items()}
+    return out
+
+
+def test_unroll_targets_match_hand_computed_ones_on_a_terminated_episode():
+    t = _targets_by_start(_episode_replay(False, n_step=2, unroll_steps=2), 0.5, 2, 2)
+    assert sorted(t) == [0, 1, 2, 3]
+    # start 0: z0 = 1 + .5*2 + .25*v(o2); z1 = 2 + .5*3 + .25*v(o3); z2 = 3 + .5*4 (o4 is terminal: 0)
+    assert t[0]["value"] == pytest.approx([1 + 1 + 0.25 * 200, 2 + 1.5 + 0.25 * 300, 3 + 2])
+    assert t[0]["reward"][1:] == [1.0, 2.0]
+    assert t[0]["value_mask"] == [True] * 3 and t[0]["reward_mask"][1:] == [True, True]
+    assert t[0]["policy_mask"] == [True] * 3
+    # start 2: two steps left; past the end the absorbing state has value 0 and reward 0, still trained
+    assert t[2]["value"] == pytest.approx([3 + 0.5 * 4, 4.0, 0.0])
+    assert t[2]["reward"][1:] == [3.0, 4.0]
+    assert t[2]["policy_mask"] == [True, True, False]
+    assert t[2]["value_mask"] == [True, True, True] and t[2]["reward_mask"][1:] == [True, True]
+    # start 3: the last step
+    assert t[3]["value"] == pytest.approx([4.0, 0.0, 0.0])
+    assert t[3]["reward"][1:] == [4.0, 0.0]
+    assert t[3]["policy_mask"] == [True, False, False]
+
+
+def test_unroll_targets_bootstrap_from_the_final_observation_after_a_truncation():
+    t = _targets_by_start(_episode_replay(True, n_step=2, unroll_steps=2), 0.5, 2, 2)
+    # start 2: z0 = 3 + .5*4 + .25*v(o4); z1 = 4 + .5*v(o4); past the end nothing is trained
+    assert t[2]["value"] == pytest.approx([3 + 2 + 0.25 * 400, 4 + 0.5 * 400, 0.0])
+    assert t[2]["value_mask"] == [True, True, False]
+    assert t[2]["reward_mask"][1:] == [True, True]
+    assert t[3]["value"][0] == pytest.approx(4 + 0.5 * 400)
+    assert t[3]["value_mask"] == [True, False, False] and t[3]["reward_mask"][1:] == [True, False]
+    # start 0 never reaches the end: same as the terminated episode
+    assert t[0]["value"] == pytest.approx([52.0, 78.5, 3 + 2 + 0.25 * 400])
+
+
+def test_two_player_targets_take_the_view_of_the_player_to_move():
+    """Players alternate; every term of the other player's flips sign."""
+    t = _targets_by_start(_episode_replay(False, n_step=2, unroll_steps=1, players=True), 0.5, 2, 1, players=True)
+    # start 0 (player 0): r0 = 1 is its own, r1 = 2 the opponent's, o2 is player 0's to move
+    assert t[0]["value"] == pytest.approx([1 - 0.5 * 2 + 0.25 * 200, 2 - 0.5 * 3 + 0.25 * 300])
+    # start 2 (player 0): r2 = 3 own, r3 = 4 the opponent's, then the end
+    assert t[2]["value"] == pytest.approx([3 - 0.5 * 4, 4.0])
+
+
+# ------------------------------------------------------------------ agent pieces
+def _agent(env_name="cartpole", *overrides, with_env=True):
+    from omegaconf import OmegaConf
+
+    import envs
+    from runtime.config import build
+
+    cfg = compose(*TINY, f"env={env_name}", *overrides)
+    agent_cfg = build(MuZeroConfig, OmegaConf.to_container(cfg.agent, resolve=True), "agent")
+    env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
+    env, spec = envs.make(env_cfg, num_envs=int(cfg.env.num_envs), seed=0)
+    return MuZero(agent_cfg, spec, torch.device("cpu"), env=env if with_env else None, total_steps=2000, seed=0)
+
+
+def test_search_uses_the_learned_model_once_per_simulation_for_all_envs(monkeypatch):
+    agent = _agent()
+    calls = []
+    original = agent.net.dynamics
+
+    def counting(latent, action):
+        calls.append(latent.shape[0])
+        return original(latent, action)
+
+    monkeypatch.setattr(agent.net, "dynamics", counting)
+    result = agent.search(agent.obs, "eval", temperature=0.0)
+    assert calls == [4] * 4                                  # 4 simulations, each batched over the 4 envs
+    assert result.visit_counts.sum(axis=1).tolist() == [4] * 4
+    assert agent.act(agent.obs).shape == (4,)
+
+
+def test_a_few_hundred_updates_fit_the_replayed_rewards_and_values():
+    torch.manual_seed(0)
+    agent = _agent("cartpole", "agent.learning_rate=3e-3", "agent.batch_size=32")
+    for _ in range(40):                     # 640 env steps of searched play
+        agent.collect()
+    first = agent.learn(5)
+    agent.learn(150)
+    last = agent.learn(5)
+    assert last["reward_loss"] < 0.8 * first["reward_loss"]
+    assert last["value_loss"] < 0.8 * first["value_loss"]
+
+
+def test_gumbel_search_and_reanalyse_run_through_train_iteration():
+    agent = _agent("cartpole", "agent.algorithm=gumbel", "agent.reanalyse_fraction=0.5")
+    seen = []
+    original = agent._reanalyse
+
+    def spy(batch, policy):
+        out = original(batch, policy)
+        seen.append((policy, out))
+        return out
+
+    agent._reanalyse = spy
+    for _ in range(12):
+        metrics = agent.train_iteration()
+    assert agent.grad_steps > 0 and math.isfinite(metrics["loss"])
+    before, after = seen[-1]
+    half = before.shape[0] // 2
+    assert torch.equal(before[half:], after[half:])         # the rest keeps its stored targets
+    assert not torch.allclose(before[:half], after[:half])  # fresh searches changed the first half
+
+
+# ------------------------------------------------------------------ end to end
+def test_train_cli_smoke_logs_losses_and_evaluates(tmp_path):
+    result = run_cli("train.py", *TINY, "total_env_steps=480", "eval.interval=480", f"runs_root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_jsonl(next(tmp_path.rglob("metrics.jsonl")))
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert losses and all(math.isfinite(x) for x in losses)
+    assert any("eval/return_mean" in r for r in records)
+
+
+def _resume_matches(tmp_path, monkeypatch, settings, total):
+    straight = Trainer(compose(*settings), run_dir=tmp_path / "straight").run()
+    assert straight["status"] == "finished"
+    original = MuZero.train_iteration
+    calls = {"n": 0}
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(MuZero, "train_iteration", interrupted)
+    first = Trainer(compose(*settings), run_dir=tmp_path / "resumed").run()
+    monkeypatch.setattr(MuZero, "train_iteration", original)
+    assert first["status"] == "interrupted" and 0 < first["steps"] < total
+    resume = [f"resume={tmp_path / 'resumed'}"]
+    resumed = Trainer(compose(*settings, *resume), run_dir=tmp_path / "unused", overrides=resume).run()
+    assert resumed["status"] == "finished"
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rs]
+    a = strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    b = strip(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
+    assert len(a) == len(b) > 3 and a == b
+
+
+def test_interrupt_then_resume_matches_uninterrupted_cartpole(tmp_path, monkeypatch):
+    """Replay, target network, search streams and the env are in the checkpoint: the log is identical."""
+    settings = TINY + ["total_env_steps=320", "eval.interval=320", "checkpoint.interval=100000",
+                       "checkpoint.include_replay=true"]
+    _resume_matches(tmp_path, monkeypatch, settings, 320)
+
+
+def test_interrupt_then_resume_matches_uninterrupted_tictactoe(tmp_path, monkeypatch):
+    settings = [a for a in TINY if not a.startswith(("env", "eval"))] + [
+        "env=tictactoe", "env.num_envs=8", "total_env_steps=400", "eval.interval=400", "eval.episodes=2",
+        "checkpoint.interval=100000"]
+    _resume_matches(tmp_path, monkeypatch, settings, 400)
+
+
+def test_tictactoe_player_plays_legal_moves_against_perfect_play():
+    from runtime.match_eval import evaluate_against
+
+    agent = _agent("tictactoe", "env.num_envs=4", with_env=False)
+    result = evaluate_against(agent, "tic_tac_toe", "perfect", 4, seed=0)
+    assert result["games"] == 4 and result["wins"] == 0          # nobody beats perfect play
+
+
+def test_conv_model_downsamples_atari_frames_to_6x6_and_keeps_small_boards():
+    from agents.muzero import ConvModel, make_model
+    from envs.spec import EnvSpec
+
+    cfg = MuZeroConfig(channels=8, blocks=1, hidden=[16], support_size=4, reward_support_size=2)
+    atari = EnvSpec("pong", gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(6), 1)
+    board = EnvSpec("minatar", gym.spaces.Box(0, 1, (4, 10, 10), np.float32), gym.spaces.Discrete(6), 1)
+    for spec, planes in ((atari, (6, 6)), (board, (10, 10))):
+        model = make_model(spec, cfg).eval()
+        assert isinstance(model, ConvModel) and model.latent_shape == (8, *planes)
+        obs = torch.as_tensor(spec.observation_space.sample()[None].repeat(3, 0))
+        with torch.no_grad():
+            latent = model.representation(obs)
+            following, reward = model.dynamics(latent, torch.tensor([0, 2, 5]))
+            policy, value = model.prediction(following)
+        assert following.shape == (3, 8, *planes) and reward.shape == (3, 5)
+        assert policy.shape == (3, 6) and value.shape == (3, 9)
+        flat = following.flatten(1)   # min-max scaled latent states
+        assert torch.allclose(flat.min(1).values, torch.zeros(3)) and torch.allclose(flat.max(1).values, torch.ones(3))
+
+
+def test_search_bootstrap_reads_stored_root_values_and_the_network_only_after_truncation():
+    """value_bootstrap=search: stored root values; a truncated episode's final observation asks the target net."""
+    agent = _agent("cartpole", "agent.value_bootstrap=search", "agent.unroll_steps=2", "agent.n_step=2",
+                   with_env=False)
+    space = gym.spaces.Box(-10, 10, (1,), np.float32)
+    replay = SequenceReplay(64, space, gym.spaces.Discrete(2), num_envs=1, unroll_steps=2, n_step=2, gamma=0.5,
+                            extras={"root_value": ((), np.float32)})
+    for i in range(4):
+        replay.add(np.array([[i]], np.float32), np.array([0]), np.array([1.0], np.float32),
+                   np.array([[i + 1]], np.float32), np.array([False]), np.array([i == 3]),
+                   extras={"root_value": np.array([10.0 * i])})
+    agent.replay = replay
+    agent._network_values = lambda batch, position: 1000.0 + position.float()   # marks network calls
+    from agents.muzero import bootstrap_positions
+
+    batch = replay.sample(64)
+    position, _, _ = bootstrap_positions(batch.mask, batch.terminated, 2, 2)
+    values = agent._bootstrap_values(batch, position)
+    start = batch.obs[:, 0].long()
+    row0 = int(torch.nonzero(start == 0)[0, 0])
+    row2 = int(torch.nonzero(start == 2)[0, 0])
+    assert values[row0].tolist() == [20.0, 30.0, 1004.0]      # o2, o3 searched; o4 is the truncated final obs
+    assert values[row2, :2].tolist() == [1002.0, 1002.0]      # both bootstrap from the final observation
