@@ -25,8 +25,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Load, rebuild, play, summarise; returns what eval.json holds."""
     import torch
 
-    from agents import base
-    from envs import make_spec
     from runtime import checkpoint as ckpt
     from runtime.config import validate
     from runtime.errors import UserError
@@ -46,18 +44,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if cfg.opponent is not None:
         raise UserError(f"opponent={cfg.opponent!r} needs a two-player game; {settings.env.name} is single-player",
                         key="opponent")
-    spec = make_spec(env_cfg)   # one env: the agent is rebuilt for acting only
-    agent_cls = base.get(settings.agent.name, settings.agent.module)
-    agent = agent_cls(settings.agent, spec, torch.device("cpu"), env=None,
-                      total_steps=settings.run.total_env_steps, seed=int(cfg.seed))
-    state = dict(data["agent"])
-    state.pop("replay", None)
-    state.pop("obs", None)
-    try:
-        agent.load_state_dict(state)
-    except (KeyError, RuntimeError) as err:
-        raise UserError(f"checkpoint {data['path']!r} does not fit agent {settings.agent.name!r} "
-                        f"with this config ({str(err).splitlines()[0][:200]})", key="checkpoint") from None
+    agent = ckpt.agent_for_acting(data, settings, env_cfg, int(cfg.seed))   # one env, acting only
     returns = run_episodes(agent, env_cfg, int(cfg.episodes), int(cfg.num_envs), int(cfg.seed), bool(cfg.explore))
     stats = summarize(returns, seed=int(cfg.seed))
     out_dir = Path(data["path"]).parent

@@ -31,10 +31,6 @@ from runtime.cli import run_hydra, user_errors
 
 def load_policy(path: str, seed: int) -> tuple[Any, dict[str, Any]]:
     """The agent saved in checkpoint ``path`` (rebuilt for acting only) and its env config."""
-    import torch
-
-    from agents import base
-    from envs import make_spec
     from runtime import checkpoint as ckpt
     from runtime.config import validate
     from runtime.errors import UserError
@@ -47,18 +43,7 @@ def load_policy(path: str, seed: int) -> tuple[Any, dict[str, Any]]:
     if env_cfg.get("kind") == "game":
         raise UserError("datasets are built from single-player environments; this checkpoint plays a board game",
                         key="checkpoint")
-    spec = make_spec(env_cfg)
-    agent_cls = base.get(settings.agent.name, settings.agent.module)
-    agent = agent_cls(settings.agent, spec, torch.device("cpu"), env=None,
-                      total_steps=settings.run.total_env_steps, seed=seed)
-    state = dict(data["agent"])
-    state.pop("replay", None)
-    state.pop("obs", None)
-    try:
-        agent.load_state_dict(state)
-    except (KeyError, RuntimeError) as err:
-        raise UserError(f"checkpoint {data['path']!r} does not fit agent {settings.agent.name!r} "
-                        f"({str(err).splitlines()[0][:200]})", key="checkpoint") from None
+    agent = ckpt.agent_for_acting(data, settings, env_cfg, seed)
     return agent, env_cfg
 
 

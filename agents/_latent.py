@@ -28,8 +28,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from agents.networks import ResidualBlock
 
 EPSILON = 1e-3   # MuZero appendix F: eps = 0.001
 
@@ -99,21 +100,6 @@ class MLPRepresentation(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return scale_latent(self.net(obs.float().flatten(1)))
-
-
-class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with batch norm and a skip connection (MuZero appendix F)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(x + self.bn2(self.conv2(y)))
 
 
 class AtariDownsample(nn.Module):

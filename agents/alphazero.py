@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.base import Agent, AgentConfig, register
+from agents.networks import ResidualBlock
 from replay import SequenceReplay
 from runtime.errors import UserError
 
@@ -132,21 +133,6 @@ class AlphaZeroConfig(AgentConfig):
 
 
 # ============================================================================= networks
-class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with batch norm and a skip connection (AlphaZero's block)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(x + self.bn2(self.conv2(y)))
-
-
 class BeliefValueNet(nn.Module):
     """Residual torso over the board planes; belief logits ``[N, A]`` and value ``tanh`` ``[N]``."""
 

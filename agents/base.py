@@ -80,6 +80,53 @@ class Agent(abc.ABC):
         return True
 
 
+class ReplayAgent(Agent):
+    """An agent that steps its envs into ``self.replay`` and learns from it.
+
+    Subclasses define ``collect()`` (one round of env steps; returns metrics or None)
+    and ``learn()`` (the updates; returns metrics), and keep the counters
+    ``env_steps`` / ``grad_steps``, the current observations ``obs`` and a numpy
+    ``rng``. This class runs the loop and holds the bookkeeping their checkpoints share.
+    """
+
+    def learning_ready(self) -> bool:
+        """Whether updates start this iteration (default: ``learning_starts`` reached, a batch stored)."""
+        return self.env_steps >= self.cfg.learning_starts and len(self.replay) >= self.cfg.batch_size
+
+    def train_iteration(self) -> dict[str, Any]:
+        before = self.env_steps
+        metrics = dict(self.collect() or {})
+        if self.learning_ready():
+            metrics.update(self.learn())
+        metrics["env_steps"] = self.env_steps - before
+        metrics["grad_steps_total"] = self.grad_steps
+        return metrics
+
+    def restart_episodes(self, obs: Any) -> None:
+        """Continue from freshly reset envs: the replay closes the interrupted episodes."""
+        self.obs = obs
+        self.replay.abandon_episodes()
+
+    def loop_state(self, include_replay: bool) -> dict[str, Any]:
+        """Counters, random streams, current observations and (on request) the replay."""
+        state = {"rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "env_steps": self.env_steps, "grad_steps": self.grad_steps, "obs": self.obs}
+        if include_replay:
+            state["replay"] = self.replay.state_dict()
+        return state
+
+    def load_loop_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`loop_state`; ``obs`` and ``replay`` may be absent (acting-only rebuilds)."""
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.env_steps = int(state["env_steps"])
+        self.grad_steps = int(state["grad_steps"])
+        if state.get("obs") is not None:
+            self.obs = state["obs"]
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+
+
 def register(name: str):
     """Class decorator: make an Agent subclass available as ``agent=<name>``."""
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents._augment import Augmentation
-from agents.base import Agent, AgentConfig, register
+from agents.base import AgentConfig, ReplayAgent, register
 from agents.networks import QHead, make_torso, to_tensor
 from replay import TransitionReplay
 from runtime.errors import UserError
@@ -156,7 +156,7 @@ def q_learning_loss(q_values: torch.Tensor, target: torch.Tensor, weights: torch
 
 
 @register("dqn")
-class DQN(Agent):
+class DQN(ReplayAgent):
     """Double DQN agent over a vector env."""
 
     Config = DQNConfig
@@ -287,43 +287,16 @@ class DQN(Agent):
         for target, online in zip(self.q_target.parameters(), self.q.parameters()):
             target.lerp_(online, self.cfg.tau)
 
-    def train_iteration(self) -> dict[str, Any]:
-        before = self.env_steps
-        metrics = self.collect()
-        if self.env_steps >= self.cfg.learning_starts and len(self.replay) >= self.cfg.batch_size:
-            metrics.update(self.learn())
-        metrics["env_steps"] = self.env_steps - before
-        metrics["grad_steps_total"] = self.grad_steps
-        return metrics
-
-    def restart_episodes(self, obs: Any) -> None:
-        """Continue from freshly reset envs: the replay closes the interrupted episodes."""
-        self.obs = obs
-        self.replay.abandon_episodes()
-
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, include_replay: bool = True) -> dict[str, Any]:
-        state = {
-            "q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "env_steps": self.env_steps, "grad_steps": self.grad_steps,
-            "obs": self.obs, "augment": self.augment.state_dict(),
-        }
-        if include_replay:
-            state["replay"] = self.replay.state_dict()
-        return state
+        return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "augment": self.augment.state_dict(),
+                **self.loop_state(include_replay)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.q.load_state_dict(state["q"])
         self.q_target.load_state_dict(state["q_target"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.env_steps = int(state["env_steps"])
-        self.grad_steps = int(state["grad_steps"])
         if "augment" in state:
             self.augment.load_state_dict(state["augment"])
-        if state.get("obs") is not None:
-            self.obs = state["obs"]
-        if "replay" in state:
-            self.replay.load_state_dict(state["replay"])
+        self.load_loop_state(state)

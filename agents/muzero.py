@@ -73,7 +73,6 @@ from torch import nn
 
 from agents._latent import (
     MLPRepresentation,
-    ResidualBlock,
     ResidualTorso,
     mlp,
     scalar_to_support,
@@ -81,6 +80,7 @@ from agents._latent import (
     support_to_scalar,
 )
 from agents.base import Agent, AgentConfig, register
+from agents.networks import ResidualBlock
 from replay import SequenceReplay
 from runtime.errors import UserError
 

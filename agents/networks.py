@@ -65,6 +65,22 @@ class MinAtarCNN(ConvTorso):
         super().__init__(conv, (in_channels, height, width), features, scale=1.0)
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a skip connection (AlphaZero's block,
+    and MuZero's, appendix F)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(y)))
+
+
 class VectorTorso(nn.Module):
     """An MLP for flat vector observations."""
 

@@ -31,7 +31,7 @@ from torch import nn
 
 import envs.pixels  # noqa: F401  (registers Arbor/PixelPendulum-v0 for env=gym)
 from agents._augment import Augmentation
-from agents.base import Agent, AgentConfig, register
+from agents.base import AgentConfig, ReplayAgent, register
 from agents.dqn import augmented_copies
 from agents.networks import VectorTorso, mlp, to_tensor
 from replay import TransitionReplay
@@ -161,7 +161,7 @@ class Actor(nn.Module):
 
 
 @register("sac")
-class SAC(Agent):
+class SAC(ReplayAgent):
     """SAC / DrQ over a vector env with a continuous (Box) action space."""
 
     Config = SACConfig
@@ -298,20 +298,6 @@ class SAC(Agent):
     def parameters_finite(self) -> bool:
         return super().parameters_finite() and bool(torch.isfinite(self.log_alpha))
 
-    def train_iteration(self) -> dict[str, Any]:
-        before = self.env_steps
-        self.collect()
-        metrics: dict[str, Any] = {}
-        if self.env_steps >= self.cfg.learning_starts and len(self.replay) >= self.cfg.batch_size:
-            metrics.update(self.learn())
-        metrics["env_steps"] = self.env_steps - before
-        metrics["grad_steps_total"] = self.grad_steps
-        return metrics
-
-    def restart_episodes(self, obs: Any) -> None:
-        self.obs = obs
-        self.replay.abandon_episodes()
-
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, include_replay: bool = True) -> dict[str, Any]:
         state = {
@@ -320,11 +306,8 @@ class SAC(Agent):
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "alpha_optimizer": self.alpha_optimizer.state_dict(), "augment": self.augment.state_dict(),
-            "generator": self.generator.get_state(), "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "env_steps": self.env_steps, "grad_steps": self.grad_steps, "obs": self.obs,
+            "generator": self.generator.get_state(), **self.loop_state(include_replay),
         }
-        if include_replay:
-            state["replay"] = self.replay.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,11 +321,4 @@ class SAC(Agent):
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         self.augment.load_state_dict(state["augment"])
         self.generator.set_state(state["generator"])
-        self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.env_steps = int(state["env_steps"])
-        self.grad_steps = int(state["grad_steps"])
-        if state.get("obs") is not None:
-            self.obs = state["obs"]
-        if "replay" in state:
-            self.replay.load_state_dict(state["replay"])
+        self.load_loop_state(state)

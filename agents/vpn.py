@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.base import Agent, AgentConfig, register
+from agents.base import AgentConfig, ReplayAgent, register
 from agents.networks import make_torso, mlp, to_tensor
 from replay import SequenceReplay
 from runtime.errors import UserError
@@ -288,7 +288,7 @@ def _flatten_pairs(obs: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ agent
 @register("vpn")
-class VPN(Agent):
+class VPN(ReplayAgent):
     """Value Prediction Network over a vector env: plans to act, learns from replayed windows."""
 
     Config = VPNConfig
@@ -434,41 +434,16 @@ class VPN(Agent):
         for target, online in zip(self.target.parameters(), self.net.parameters()):
             target.lerp_(online, self.cfg.tau)
 
-    def train_iteration(self) -> dict[str, Any]:
-        before = self.env_steps
-        metrics = self.collect()
-        if self.env_steps >= self.learn_after:
-            metrics.update(self.learn())
-        metrics["env_steps"] = self.env_steps - before
-        metrics["grad_steps_total"] = self.grad_steps
-        return metrics
-
-    def restart_episodes(self, obs: Any) -> None:
-        """Continue from freshly reset envs: the replay closes the interrupted episodes."""
-        self.obs = obs
-        self.replay.abandon_episodes()
+    def learning_ready(self) -> bool:
+        return self.env_steps >= self.learn_after
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, include_replay: bool = True) -> dict[str, Any]:
-        state = {
-            "net": self.net.state_dict(), "target": self.target.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "env_steps": self.env_steps, "grad_steps": self.grad_steps,
-            "obs": self.obs,
-        }
-        if include_replay:
-            state["replay"] = self.replay.state_dict()
-        return state
+        return {"net": self.net.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), **self.loop_state(include_replay)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.env_steps = int(state["env_steps"])
-        self.grad_steps = int(state["grad_steps"])
-        if state.get("obs") is not None:
-            self.obs = state["obs"]
-        if "replay" in state:
-            self.replay.load_state_dict(state["replay"])
+        self.load_loop_state(state)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium.vector import VectorEnv, VectorWrapper
 

@@ -96,3 +96,27 @@ def load(path: str | Path) -> dict[str, Any]:
     data = from_safe(data)
     data["path"] = str(path)
     return data
+
+
+def agent_for_acting(data: dict[str, Any], settings: Any, env_cfg: dict[str, Any], seed: int) -> Any:
+    """The agent stored in checkpoint ``data`` rebuilt for acting only (no env, no replay).
+
+    ``settings`` is the validated config to build it with (the stored one, perhaps with
+    evaluation overrides); a checkpoint that does not fit it raises UserError.
+    """
+    from agents import base
+    from envs import make_spec
+
+    spec = make_spec(env_cfg)
+    agent_cls = base.get(settings.agent.name, settings.agent.module)
+    agent = agent_cls(settings.agent, spec, torch.device("cpu"), env=None,
+                      total_steps=settings.run.total_env_steps, seed=int(seed))
+    state = dict(data["agent"])
+    state.pop("replay", None)
+    state.pop("obs", None)
+    try:
+        agent.load_state_dict(state)
+    except (KeyError, RuntimeError) as err:
+        raise UserError(f"checkpoint {data['path']!r} does not fit agent {settings.agent.name!r} "
+                        f"with this config ({str(err).splitlines()[0][:200]})", key="checkpoint") from None
+    return agent

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import run_cli
 
 
 def assert_usage_error(result, *needles: str) -> None:

@@ -26,7 +26,6 @@ def test_cartpole_next_obs_is_final_observation_at_episode_end():
             final = info["next_obs"][done]
             assert (np.abs(final[:, 0]) > 2.4).any() or (np.abs(final[:, 2]) > 0.2094).any()
             assert not np.allclose(final, next_obs[done])   # the returned obs is the new episode's first
-        obs = next_obs
     assert seen_end
     returns, lengths = env.pop_episodes()
     assert len(returns) > 0 and returns == [float(n) for n in lengths]   # +1 per step in CartPole
