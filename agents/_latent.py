@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from agents.networks import ResidualBlock
+from agents.networks import ResidualBlock, mlp
 
 EPSILON = 1e-3   # MuZero appendix F: eps = 0.001
 
@@ -78,24 +78,12 @@ def scale_latent(s: torch.Tensor) -> torch.Tensor:
 
 
 # ======================================================================= torsos
-def mlp(sizes: Sequence[int], norm: bool = True) -> nn.Sequential:
-    """Linear layers with LayerNorm and ReLU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            if norm:
-                layers.append(nn.LayerNorm(sizes[i + 1]))
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
 class MLPRepresentation(nn.Module):
     """Flat observations -> latent vector ``[N, latent_dim]`` (min-max scaled)."""
 
     def __init__(self, in_features: int, hidden: Sequence[int], latent_dim: int):
         super().__init__()
-        self.net = mlp([in_features, *hidden, latent_dim])
+        self.net = mlp([in_features, *hidden, latent_dim], norm=True)
         self.latent_shape = (latent_dim,)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ generator is part of ``state_dict``; the dataset itself is not (it is on disk).
 """
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import os
 import tempfile
@@ -133,35 +135,26 @@ class OfflineAgent(Agent):
         metrics["env_steps"] = 0
         return metrics
 
+    @abc.abstractmethod
     def update(self, batch) -> dict[str, torch.Tensor | float]:
         """One gradient step on ``batch``; returns scalar metrics."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------ checkpoints
     def offline_state(self) -> dict[str, Any]:
         """Counters and the dataset sampler's generator (the data stays on disk)."""
         sampler = self.dataset._rng.bit_generator.state if self.dataset is not None else self._pending_sampler_state
         return {"grad_steps": self.grad_steps, "torch_rng": torch.get_rng_state(),
-                "sampler": None if sampler is None else _json_state(sampler)}
+                "sampler": sampler}
 
     def load_offline_state(self, state: dict[str, Any]) -> None:
-        import json
-
         self.grad_steps = int(state["grad_steps"])
         torch.set_rng_state(state["torch_rng"])
         sampler = state.get("sampler")
         if sampler is not None:
-            sampler = json.loads(sampler)
             if self.dataset is not None:
                 self.dataset._rng.bit_generator.state = sampler
             else:
                 self._pending_sampler_state = sampler
-
-
-def _json_state(state: dict) -> str:
-    import json
-
-    return json.dumps(state)
 
 
 # ------------------------------------------------------------------ policies

@@ -295,7 +295,9 @@ class AlphaZero(Agent):
         template = env if env is not None else self._new_game(1)
         self._template = template.spawn()
         self._symmetry_maps(template)
-        self._forests: dict[tuple[int, bool], Any] = {}
+        from planners.mcts import ForestPool
+
+        self._forests = ForestPool()   # (batch, purpose) -> Forest
         if env is not None:
             env.reset()
             B, L = env.batch_size, int(env.max_game_length)
@@ -332,16 +334,8 @@ class AlphaZero(Agent):
 
     def _forest(self, batch_size: int, evaluation: bool, simulations: int | None = None):
         """A cached Forest per (batch, purpose): storage is allocated once."""
-        from planners.mcts import Forest
-
-        config = self.search_config(evaluation, simulations)
-        key = (batch_size, evaluation)
-        forest = self._forests.get(key)
-        if forest is None or forest.config != config:
-            forest = Forest(batch_size, self.num_actions, config)
-            forest.seed(self.seed * 1_000_003 + batch_size * 2 + int(evaluation))
-            self._forests[key] = forest
-        return forest
+        return self._forests.get_forest(batch_size, self.num_actions, self.search_config(evaluation, simulations),
+                                        evaluation, self.seed * 1_000_003 + batch_size * 2 + int(evaluation))
 
     def inference_net(self) -> BeliefValueNet:
         """A copy of the network for acting with batch norm folded into the convolutions.

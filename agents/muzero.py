@@ -74,13 +74,12 @@ from torch import nn
 from agents._latent import (
     MLPRepresentation,
     ResidualTorso,
-    mlp,
     scalar_to_support,
     scale_latent,
     support_to_scalar,
 )
 from agents.base import Agent, AgentConfig, register
-from agents.networks import ResidualBlock
+from agents.networks import ResidualBlock, mlp
 from replay import SequenceReplay
 from runtime.errors import UserError
 
@@ -176,10 +175,11 @@ class MLPModel(nn.Module):
         L, hidden = cfg.latent_dim, list(cfg.hidden)
         self.num_actions = num_actions
         self.representation_net = MLPRepresentation(obs_dim, hidden, L)
-        self.dynamics_trunk = nn.Sequential(mlp([L + num_actions, *hidden]), nn.LayerNorm(hidden[-1]), nn.ReLU())
+        self.dynamics_trunk = nn.Sequential(mlp([L + num_actions, *hidden], norm=True), nn.LayerNorm(hidden[-1]),
+                                            nn.ReLU())
         self.next_state = nn.Linear(hidden[-1], L)
         self.reward_head = nn.Linear(hidden[-1], 2 * cfg.reward_support_size + 1)
-        self.prediction_trunk = nn.Sequential(mlp([L, *hidden]), nn.LayerNorm(hidden[-1]), nn.ReLU())
+        self.prediction_trunk = nn.Sequential(mlp([L, *hidden], norm=True), nn.LayerNorm(hidden[-1]), nn.ReLU())
         self.policy_head = nn.Linear(hidden[-1], num_actions)
         self.value_head = nn.Linear(hidden[-1], 2 * cfg.support_size + 1)
         self.latent_shape = (L,)
@@ -355,7 +355,9 @@ class MuZero(Agent):
         self.env_steps = 0
         self.grad_steps = 0
         self.update_credit = 0.0
-        self._forests: dict[tuple[int, str], Any] = {}
+        from planners.mcts import ForestPool
+
+        self._forests = ForestPool()   # (batch, purpose) -> Forest
         self.play_rng = np.random.default_rng(seed + 1)
         self.game = env if self.two_player else None
         self.obs = None
@@ -388,16 +390,9 @@ class MuZero(Agent):
             maxvisit_init=cfg.maxvisit_init)
 
     def _forest(self, batch_size: int, purpose: str, simulations: int | None = None):
-        from planners.mcts import Forest
-
-        config = self.search_config(purpose, simulations)
-        key = (batch_size, purpose)
-        forest = self._forests.get(key)
-        if forest is None or forest.config != config:
-            forest = Forest(batch_size, self.num_actions, config)
-            forest.seed(self.seed * 1_000_003 + batch_size * 3 + ("play", "eval", "reanalyse").index(purpose))
-            self._forests[key] = forest
-        return forest
+        seed = self.seed * 1_000_003 + batch_size * 3 + ("play", "eval", "reanalyse").index(purpose)
+        return self._forests.get_forest(batch_size, self.num_actions, self.search_config(purpose, simulations),
+                                        purpose, seed)
 
     @torch.inference_mode()
     def search(self, obs: Any, purpose: str, legal: np.ndarray | None = None, temperature: float = 1.0,

@@ -9,12 +9,16 @@ import torch
 from torch import nn
 
 
-def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, last_activation: bool = False) -> nn.Sequential:
-    """Linear layers of the given sizes with activations in between."""
+def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, last_activation: bool = False,
+        norm: bool = False) -> nn.Sequential:
+    """Linear layers of the given sizes with activations in between (``norm``: a LayerNorm
+    before each activation, as MuZero's latent functions use)."""
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2 or last_activation:
+            if norm:
+                layers.append(nn.LayerNorm(sizes[i + 1]))
             layers.append(activation())
     return nn.Sequential(*layers)
 

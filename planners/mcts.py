@@ -377,6 +377,23 @@ class Forest:
         return self._core.tree_arrays()
 
 
+class ForestPool(dict):
+    """Forests kept per ``(batch_size, purpose)`` key, for agents that search repeatedly
+    (self-play, evaluation, reanalyse): storage is allocated once per key and rebuilt
+    only when the search config changes. A mapping of key -> Forest."""
+
+    def get_forest(self, batch_size: int, num_actions: int, config: SearchConfig, purpose: Any,
+                   seed: int) -> Forest:
+        """The forest for ``(batch_size, purpose)``; a new one is seeded with ``seed``."""
+        key = (batch_size, purpose)
+        forest = self.get(key)
+        if forest is None or forest.config != config:
+            forest = Forest(batch_size, num_actions, config)
+            forest.seed(seed)
+            self[key] = forest
+        return forest
+
+
 def search(
     prior_logits: ArrayLike,
     value: ArrayLike,
@@ -417,6 +434,7 @@ def search(
 
 __all__ = [
     "Forest",
+    "ForestPool",
     "LeafBatch",
     "ModelFn",
     "ModelOutput",
