@@ -53,7 +53,8 @@ class DQNConfig(AgentConfig):
     tau: float = 1.0                   # 1 = hard copy
     eps_start: float = 1.0
     eps_end: float = 0.01
-    eps_fraction: float = 0.1          # share of the run over which epsilon decays
+    eps_fraction: float = 0.1          # share of the run over which epsilon decays (when eps_decay_steps is 0)
+    eps_decay_steps: int = 0           # >0: epsilon 1 until learning_starts, then linear over this many env steps
     eval_eps: float = 0.0
     double: bool = True
     dueling: bool = False
@@ -74,7 +75,8 @@ class DQNConfig(AgentConfig):
             "collect_steps": self.collect_steps >= 1, "gradient_steps": self.gradient_steps >= 0,
             "target_update_interval": self.target_update_interval >= 1, "tau": 0.0 < self.tau <= 1.0,
             "eps_start": 0.0 <= self.eps_start <= 1.0, "eps_end": 0.0 <= self.eps_end <= 1.0,
-            "eps_fraction": 0.0 <= self.eps_fraction <= 1.0, "eval_eps": 0.0 <= self.eval_eps <= 1.0,
+            "eps_fraction": 0.0 <= self.eps_fraction <= 1.0, "eps_decay_steps": self.eps_decay_steps >= 0,
+            "eval_eps": 0.0 <= self.eval_eps <= 1.0,
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0, "loss": self.loss in ("huber", "mse"),
         }
         for key, ok in checks.items():
@@ -202,10 +204,18 @@ class DQN(ReplayAgent):
 
     # ----------------------------------------------------------------- acting
     def epsilon(self) -> float:
-        """Linearly decayed exploration rate at the current env step."""
-        horizon = max(1.0, self.cfg.eps_fraction * self.total_steps)
-        frac = min(1.0, self.env_steps / horizon)
-        return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)
+        """Linearly decayed exploration rate at the current env step.
+
+        ``eps_decay_steps > 0``: ``eps_start`` until ``learning_starts``, then linear to
+        ``eps_end`` over ``eps_decay_steps`` env steps (Dopamine's and MinAtar's schedule,
+        independent of the run's length); otherwise over the first ``eps_fraction`` of the run.
+        """
+        cfg = self.cfg
+        if cfg.eps_decay_steps > 0:
+            frac = min(1.0, max(0.0, (self.env_steps - cfg.learning_starts) / cfg.eps_decay_steps))
+        else:
+            frac = min(1.0, self.env_steps / max(1.0, cfg.eps_fraction * self.total_steps))
+        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
 
     @torch.no_grad()
     def greedy(self, obs: Any) -> np.ndarray:

@@ -50,7 +50,6 @@ class DrQConfig(DQNConfig):
     target_augmentations: int = 1           # K: augmentations of s' averaged in the target
     q_augmentations: int = 1                # M: augmentations of s in the loss
     q_average: str = "loss"                 # loss (DrQ's Algorithm 1) | q (average the M estimates)
-    eps_decay_steps: int = 0                # >0: epsilon decays over this many steps after learning_starts
 
     def validate(self) -> None:
         super().validate()
@@ -61,7 +60,7 @@ class DrQConfig(DQNConfig):
             raise UserError(f"unknown q_average {self.q_average!r}", choices=["loss", "q"], key="agent.q_average")
         checks = {"image_pad": self.image_pad >= 0, "intensity_scale": self.intensity_scale >= 0,
                   "target_augmentations": self.target_augmentations >= 1,
-                  "q_augmentations": self.q_augmentations >= 1, "eps_decay_steps": self.eps_decay_steps >= 0}
+                  "q_augmentations": self.q_augmentations >= 1}
         for key, ok in checks.items():
             if not ok:
                 raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
@@ -84,10 +83,3 @@ class DrQ(DQN):
         return Augmentation(self.cfg.augmentation, self.cfg.image_pad, self.cfg.intensity_scale,
                             seed=self.seed * 1_000_003 + 17)
 
-    def epsilon(self) -> float:
-        """Dopamine's schedule when ``eps_decay_steps`` > 0: 1 until ``learning_starts``, then linear."""
-        cfg = self.cfg
-        if cfg.eps_decay_steps <= 0:
-            return super().epsilon()
-        frac = min(1.0, max(0.0, (self.env_steps - cfg.learning_starts) / cfg.eps_decay_steps))
-        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)

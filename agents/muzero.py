@@ -41,15 +41,23 @@ targets: its positions ``t..t+K`` are searched again with the latest network.
 **Loss** (per sample, weighted by prioritized replay's importance weights ``w``):
 
     l = sum_{k=0}^{K} scale_k [ CE(pi_{t+k}, p^k) + value_loss_weight * CE(phi(z_{t+k}), v^k)
-                                + 1[k>0] CE(phi(u_{t+k}), r^k) ]
+                                + 1[k>0] ( CE(phi(u_{t+k}), r^k) + lambda_c L_c^k ) - c_H H(p^k) ]
 
 ``phi`` is the two-hot categorical projection of ``h(x) = sign(x)(sqrt(|x|+1)-1) + eps x``
 onto the integer support ``{-S..S}`` (``agents/_latent.py``); scalars are read back
 with ``h^-1`` of the expectation. The gradient of the step losses ``k >= 1`` is scaled
 by ``1/K`` and the gradient entering the dynamics' latent input by ``1/2``
 (``scale(x, s) = s x + (1 - s) stopgrad(x)``; appendix G). Weight decay through the
-optimizer. New positions enter the replay with the maximum priority; after each update
-a sampled start gets priority ``|v^0 - z_t|`` (``alpha``, ``beta`` from the paper).
+optimizer. ``c_H = policy_entropy_weight`` (0 in the paper) adds an entropy bonus on
+the predicted policy: with two actions and a self-produced target, a policy that has
+become nearly deterministic otherwise has no gradient back (CartPole seed 2 collapsed so).
+``L_c^k = -cos( P(G(s^k)), stopgrad(G(h(o_{t+k}))) )`` is EfficientZero's temporal
+consistency loss (Ye et al. 2021), off unless ``consistency_weight = lambda_c > 0``
+(EfficientZero: 2): the unrolled latent ``s^k``, through a projection ``G`` and a
+predictor ``P``, should point where the representation of the real observation
+``o_{t+k}`` points; masked past the episode's end. The value prefix is not implemented.
+New positions enter the replay with the maximum priority; after each update a sampled
+start gets priority ``|v^0 - z_t|`` (``alpha``, ``beta`` from the paper).
 
 **Board games** (``env.kind: game``, ``spec.num_players == 2``): the same agent with
 the learned model in place of the simulator (``planners.mcts`` mode ``alphazero``:
@@ -129,6 +137,9 @@ class MuZeroConfig(AgentConfig):
     learning_rate_final: float | None = None   # linear anneal over the run (None: constant)
     weight_decay: float = 1e-4
     value_loss_weight: float = 0.25
+    consistency_weight: float = 0.0     # lambda_c: EfficientZero's self-supervised consistency loss (0: off)
+    consistency_dim: int = 128          # projection width of that loss
+    policy_entropy_weight: float = 0.0  # c_H: subtract c_H * H(p^k) (off in the paper; keeps small-action policies alive)
     max_grad_norm: float = 5.0
     prioritized: bool = True
     priority_alpha: float = 1.0
@@ -158,6 +169,8 @@ class MuZeroConfig(AgentConfig):
             "learning_rate": self.learning_rate > 0,
             "learning_rate_final": self.learning_rate_final is None or self.learning_rate_final >= 0,
             "weight_decay": self.weight_decay >= 0, "value_loss_weight": self.value_loss_weight >= 0,
+            "policy_entropy_weight": self.policy_entropy_weight >= 0,
+            "consistency_weight": self.consistency_weight >= 0, "consistency_dim": self.consistency_dim >= 1,
             "max_grad_norm": self.max_grad_norm > 0, "priority_alpha": self.priority_alpha >= 0,
             "priority_beta": self.priority_beta >= 0,
         }
@@ -238,7 +251,38 @@ class ConvModel(nn.Module):
         return self.policy_head(x), self.value_head(x)
 
 
+class ConsistencyHeads(nn.Module):
+    """EfficientZero's projection and prediction heads (SimSiam) over flattened latents.
+
+    ``project``: Linear-LayerNorm-ReLU-Linear-LayerNorm to ``dim``; ``predict``: a
+    bottleneck MLP ``dim -> dim/2 -> dim``. LayerNorm replaces EfficientZero's BatchNorm so
+    that both branches behave the same in training and evaluation modes.
+    """
+
+    def __init__(self, latent_features: int, dim: int):
+        super().__init__()
+        self.projection = nn.Sequential(nn.Flatten(), nn.Linear(latent_features, dim), nn.LayerNorm(dim), nn.ReLU(),
+                                        nn.Linear(dim, dim), nn.LayerNorm(dim))
+        hidden = max(1, dim // 2)
+        self.prediction = nn.Sequential(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+                                        nn.Linear(hidden, dim))
+
+    def project(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.projection(latent)
+
+    def predict(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.prediction(self.projection(latent))
+
+
 def make_model(spec, cfg: MuZeroConfig) -> nn.Module:
+    """The model family that fits the observation space, with consistency heads when that loss is on."""
+    model = _make_model(spec, cfg)
+    if cfg.consistency_weight > 0:
+        model.consistency = ConsistencyHeads(int(np.prod(model.latent_shape)), cfg.consistency_dim)
+    return model
+
+
+def _make_model(spec, cfg: MuZeroConfig) -> nn.Module:
     """The model family that fits the observation space (``torso``)."""
     space = spec.observation_space
     if not isinstance(space, gym.spaces.Box):
@@ -578,6 +622,16 @@ class MuZero(Agent):
         policy[:count] = fresh
         return policy
 
+    @torch.no_grad()
+    def _consistency_targets(self, batch) -> torch.Tensor:
+        """Projected representations ``[B, K, dim]`` of the observations at ``t+1..t+K``
+        (the stop-gradient branch of EfficientZero's consistency loss)."""
+        K = self.cfg.unroll_steps
+        offsets = np.broadcast_to(np.arange(1, K + 1), (len(batch.indices), K))
+        obs = self.replay.observations_at(batch, offsets)
+        flat = obs.reshape((-1,) + tuple(obs.shape[2:])).to(self.device)
+        return self.net.consistency.project(self.net.representation(flat)).view(len(batch.indices), K, -1)
+
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """The MuZero loss of a batch of windows; returns (loss, root priorities, metrics)."""
         cfg, net = self.cfg, self.net
@@ -598,6 +652,7 @@ class MuZero(Agent):
 
         net.train()
         latent = net.representation(batch.obs.to(self.device))
+        consistency_target = self._consistency_targets(batch) if cfg.consistency_weight > 0 else None
         per_sample = torch.zeros(latent.shape[0], device=self.device)
         parts = {"policy_loss": 0.0, "value_loss": 0.0, "reward_loss": 0.0}
         root_value = None
@@ -612,8 +667,18 @@ class MuZero(Agent):
             if k == 0:
                 root_value = support_to_scalar(value_logits.detach(), S)
             value_loss = -(value_probs[:, k] * F.log_softmax(value_logits, -1)).sum(-1) * targets["value_mask"][:, k]
-            policy_loss = -(policy[:, k] * F.log_softmax(logits, -1)).sum(-1) * targets["policy_mask"][:, k]
+            log_p = F.log_softmax(logits, -1)
+            policy_loss = -(policy[:, k] * log_p).sum(-1) * targets["policy_mask"][:, k]
             step = policy_loss + cfg.value_loss_weight * value_loss + reward_loss
+            if consistency_target is not None and k > 0:
+                similarity = F.cosine_similarity(net.consistency.predict(latent), consistency_target[:, k - 1], dim=-1)
+                consistency = -similarity * batch.mask[:, k - 1].to(similarity.dtype)
+                step = step + cfg.consistency_weight * consistency
+                parts["consistency_loss"] = parts.get("consistency_loss", 0.0) + consistency.mean().item()
+            if cfg.policy_entropy_weight > 0:
+                entropy = -(log_p.exp() * log_p).sum(-1) * targets["policy_mask"][:, k]
+                step = step - cfg.policy_entropy_weight * entropy
+                parts["policy_entropy"] = parts.get("policy_entropy", 0.0) + entropy.mean().item()
             per_sample = per_sample + (step if k == 0 else scale_gradient(step, 1.0 / K))
             parts["policy_loss"] += policy_loss.mean().item()
             parts["value_loss"] += value_loss.mean().item()

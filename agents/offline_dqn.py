@@ -31,7 +31,7 @@ class OfflineDQNConfig(OfflineConfig):
     learning_rate: float = 3e-4
     adam_eps: float = 1.5e-4
     target_update_interval: int = 100   # gradient steps between target syncs (tau = 1), or every step (tau < 1)
-    tau: float = 1.0
+    tau: float = 0.005                  # Polyak; 1: hard copies (diverged on CartPole, docs/crr.md)
     double: bool = True
     dueling: bool = False
     hidden: list[int] = dataclasses.field(default_factory=lambda: [256, 256])

@@ -43,8 +43,8 @@ TASKS = {
                         "agent.collect_steps=64", "agent.gradient_steps=64", "agent.target_update_interval=1",
                         "agent.tau=0.01", "agent.eps_end=0.04", "agent.eps_fraction=0.16", "eval.interval=5000",
                         "checkpoint.interval=10000"]},
-    "breakout": {"env": ["env=minatar", "env.game=breakout"], "floor": 0.0, "gym_id": None,
-                 "dqn": ["total_env_steps=200000"]},
+    "breakout": {"env": ["env=minatar", "env.game=breakout"], "floor": 0.0, "gym_id": None, "minatar": "breakout",
+                 "dqn": ["total_env_steps=200000", "agent.eps_decay_steps=0", "agent.eps_fraction=0.5"]},
 }
 
 OURS = {
@@ -62,8 +62,10 @@ args = json.loads(sys.argv[1])
 torch.set_num_threads(1)
 d3rlpy.seed(args["seed"])
 data = np.load(args["npz"])
+observations = data["observations"].astype(np.float32)
+observations = observations.reshape(len(observations), -1)   # MinAtar grids: flattened for the MLP encoder
 dataset = d3rlpy.dataset.MDPDataset(
-    observations=data["observations"].astype(np.float32), actions=data["actions"].astype(np.int64),
+    observations=observations, actions=data["actions"].astype(np.int64),
     rewards=data["rewards"], terminals=data["terminals"], timeouts=data["timeouts"],
     action_space=d3rlpy.ActionSpace.DISCRETE, action_size=int(args["num_actions"]))
 encoder = d3rlpy.models.encoders.VectorEncoderFactory(hidden_units=args["hidden"])
@@ -77,17 +79,30 @@ start = time.perf_counter()
 algo.fit(dataset, n_steps=args["steps"], n_steps_per_epoch=args["steps"], show_progress=False,
          logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9)
 train_s = time.perf_counter() - start
-env = gym.make(args["gym_id"])
 returns = []
-for episode in range(args["episodes"]):
-    obs, _ = env.reset(seed=args["eval_seed"] + episode)
-    total, done = 0.0, False
-    while not done:
-        action = int(algo.predict(np.asarray(obs, dtype=np.float32)[None])[0])
-        obs, reward, terminated, truncated, _ = env.step(action)
-        total += float(reward)
-        done = terminated or truncated
-    returns.append(total)
+if args["minatar"]:   # the suite's MinAtar protocol (envs/minatar.py): sticky 0.1, ramping, 6 actions, 10k cap
+    from minatar import Environment
+    for episode in range(args["episodes"]):
+        env = Environment(args["minatar"], sticky_action_prob=0.1, difficulty_ramping=True)
+        env.seed(args["eval_seed"] + episode)
+        env.reset()
+        total, done, steps = 0.0, False, 0
+        while not done and steps < 10_000:
+            obs = env.state().transpose(2, 0, 1).astype(np.float32).reshape(1, -1)
+            reward, done = env.act(int(algo.predict(obs)[0]))
+            total, steps = total + float(reward), steps + 1
+        returns.append(total)
+else:
+    env = gym.make(args["gym_id"])
+    for episode in range(args["episodes"]):
+        obs, _ = env.reset(seed=args["eval_seed"] + episode)
+        total, done = 0.0, False
+        while not done:
+            action = int(algo.predict(np.asarray(obs, dtype=np.float32)[None])[0])
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
 print(json.dumps({"return_mean": float(np.mean(returns)), "train_seconds": train_s}))
 """
 
@@ -157,10 +172,13 @@ def run_peer(task: str, preset: str, npz: Path, algo: str, seed: int, args, work
         return float(json.loads(cache.read_text())["return_mean"])
     if args.cached_only:
         return None
-    spec = envs.make_spec({"kind": "gym", "id": TASKS[task]["gym_id"], "name": task})
+    if TASKS[task].get("minatar"):
+        num_actions = 6                     # envs/minatar.py keeps all six actions
+    else:
+        num_actions = envs.make_spec({"kind": "gym", "id": TASKS[task]["gym_id"], "name": task}).num_actions
     payload = {"npz": str(npz), "algo": algo.split("_", 1)[1], "seed": seed, "steps": args.steps,
                "batch": 256, "lr": 3e-4, "gamma": 0.99, "target_interval": 100, "hidden": [64, 64],
-               "num_actions": spec.num_actions, "gym_id": TASKS[task]["gym_id"], "episodes": args.episodes,
+               "num_actions": num_actions, "gym_id": TASKS[task]["gym_id"], "minatar": TASKS[task].get("minatar"), "episodes": args.episodes,
                "eval_seed": 10_000 + seed}
     result = sh([args.d3rlpy_python, "-c", D3RLPY_SCRIPT, json.dumps(payload)],
                 work / "logs" / f"{task}-{preset}-{algo}-s{seed}.log")
@@ -175,7 +193,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="cartpole,acrobot")
     parser.add_argument("--presets", default="medium,mixed")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5000, help="gradient steps per offline run")
+    parser.add_argument("--steps", type=int, default=20000, help="gradient steps per offline run")
     parser.add_argument("--episodes", type=int, default=20, help="final evaluation episodes")
     parser.add_argument("--size", type=int, default=50_000, help="transitions in a medium dataset")
     parser.add_argument("--work", default="/tmp/arbor-crr-bench", help="runs, datasets and logs (reused)")

@@ -23,14 +23,20 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def _known_keys(config_name: str) -> list[str]:
-    """Every key of the default composed config (for 'did you mean' hints)."""
+def _group_choices(argv: list[str]) -> list[str]:
+    """The command line's config-group choices (``agent=muzero``), which decide the valid keys."""
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    return [a for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+~") in groups]
+
+
+def _known_keys(config_name: str, argv: list[str] | None = None) -> list[str]:
+    """Every key of the config composed with the command line's group choices (for hints)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name=config_name)
+            cfg = compose(config_name=config_name, overrides=_group_choices(argv or []))
     except Exception:  # noqa: BLE001 - hints only
         return []
     keys: list[str] = []
@@ -46,7 +52,7 @@ def _known_keys(config_name: str) -> list[str]:
     return keys
 
 
-def explain_hydra_error(err: Exception, config_name: str) -> UserError:
+def explain_hydra_error(err: Exception, config_name: str, argv: list[str] | None = None) -> UserError:
     """Turn a Hydra composition/override error into a UserError naming key and choices."""
     text = str(err)
     missing = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
@@ -58,7 +64,7 @@ def explain_hydra_error(err: Exception, config_name: str) -> UserError:
         key = bad_key.group(1)
         full = re.search(r"full_key: (\S+)", text)
         key = full.group(1) if full else key
-        known = _known_keys(config_name)
+        known = _known_keys(config_name, sys.argv[1:] if argv is None else argv)
         close = difflib.get_close_matches(key, known, n=3)
         prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
         siblings = [k for k in known if k.startswith(prefix) and "." not in k[len(prefix):]]

@@ -35,6 +35,13 @@ def test_misspelt_nested_key(tmp_path):
     assert_usage_error(result, "agent.learning_rat", "agent.learning_rate")
 
 
+def test_misspelt_key_hints_from_the_chosen_agent(tmp_path):
+    """The hint lists the chosen agent's keys (unroll_steps is MuZero's only), not the default agent's."""
+    result = run_cli("train.py", "agent=muzero", "env=cartpole", "agent.unroll_step=3", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "agent.unroll_step", "did you mean agent.unroll_steps")
+    assert "agent.belief_target" not in result.stderr
+
+
 def test_value_out_of_range_names_key(tmp_path):
     result = run_cli("train.py", "agent=dqn", "env=cartpole", "agent.gamma=1.5", "logger=none", f"runs_root={tmp_path}")
     assert_usage_error(result, "agent.gamma", "out of range")

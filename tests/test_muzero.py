@@ -197,6 +197,54 @@ def test_gumbel_search_and_reanalyse_run_through_train_iteration():
     assert not torch.allclose(before[:half], after[:half])  # fresh searches changed the first half
 
 
+def _entropy_after_fitting_one_hot_targets(weight: float) -> float:
+    """Policy entropy on the collected observations after 60 updates toward one-hot targets."""
+    torch.manual_seed(0)
+    agent = _agent("cartpole", "agent.learning_rate=1e-2", "agent.batch_size=32",
+                   f"agent.policy_entropy_weight={weight}")
+    agent._reanalyse = lambda batch, policy: torch.nn.functional.one_hot(
+        torch.zeros(policy.shape[:2], dtype=torch.long), policy.shape[-1]).float()
+    for _ in range(10):
+        agent.collect()
+    agent.learn(60)
+    with torch.no_grad():
+        logits, _ = agent.net.prediction(agent.net.representation(torch.as_tensor(agent.obs)))
+        return float(torch.distributions.Categorical(logits=logits).entropy().mean())
+
+
+def test_policy_entropy_weight_keeps_the_policy_from_collapsing():
+    collapsed = _entropy_after_fitting_one_hot_targets(0.0)
+    kept = _entropy_after_fitting_one_hot_targets(1.0)
+    assert collapsed < 0.1                      # one-hot targets alone drive the policy deterministic
+    assert kept > 0.3 and kept > 5 * collapsed  # the bonus holds it near uniform (ln 2 = 0.69)
+
+
+def test_consistency_loss_pulls_unrolled_latents_toward_the_real_ones():
+    """EfficientZero's loss: negative cosine between predicted and real projected latents;
+    its target branch gets no gradient, and training makes the two agree."""
+    torch.manual_seed(0)
+    agent = _agent("cartpole", "agent.learning_rate=3e-3", "agent.batch_size=32", "agent.consistency_weight=2.0",
+                   "agent.consistency_dim=16")
+    for _ in range(10):
+        agent.collect()
+    batch = agent.replay.sample(8)
+    target = agent._consistency_targets(batch)
+    assert target.shape == (8, agent.cfg.unroll_steps, 16) and not target.requires_grad
+    first = agent.learn(5)["consistency_loss"]
+    agent.learn(80)
+    last = agent.learn(5)["consistency_loss"]
+    assert -1.0 <= last < first - 0.1, (first, last)
+
+
+def test_consistency_heads_fit_conv_latents():
+    agent = _agent("minatar", "agent.consistency_weight=1.0", "agent.consistency_dim=8", "agent.batch_size=4",
+                   "agent.channels=4")
+    for _ in range(3):
+        agent.collect()
+    metrics = agent.learn(1)
+    assert math.isfinite(metrics["consistency_loss"])
+
+
 # ------------------------------------------------------------------ end to end
 def test_train_cli_smoke_logs_losses_and_evaluates(tmp_path):
     result = run_cli("train.py", *TINY, "total_env_steps=480", "eval.interval=480", f"runs_root={tmp_path}")
