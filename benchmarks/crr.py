@@ -1,7 +1,7 @@
 """CRR against behaviour cloning, offline DQN, the behaviour policy and d3rlpy, on datasets the suite builds.
 
-For each task (CartPole-v1, Acrobot-v1; MinAtar Breakout with ``--tasks breakout``
-where the suite has the environment) the benchmark
+For each task (``--tasks``, default all three: CartPole-v1, Acrobot-v1, MinAtar
+Breakout) the benchmark
 
 1. trains a DQN with ``train.py`` (kept in ``--work`` and reused on later runs);
 2. builds the datasets with ``make_dataset.py``: ``medium`` (the trained greedy
@@ -14,7 +14,8 @@ where the suite has the environment) the benchmark
    same network ([64, 64]), learning rate, target interval and number of gradient
    steps, batch 256 (ours: 128, from the tuned presets), in their own interpreter
    (``--d3rlpy-python``, a venv made with ``python3 -m venv /tmp/d3venv &&
-   /tmp/d3venv/bin/pip install torch==2.13.0 d3rlpy``),
+   /tmp/d3venv/bin/pip install torch==2.13.0 d3rlpy minatar``; MinAtar grids are
+   flattened for d3rlpy's vector encoder),
    evaluated on the same number of seeded episodes.
 
 Prints a table (mean and standard deviation over seeds of the final evaluation
@@ -190,7 +191,7 @@ def run_peer(task: str, preset: str, npz: Path, algo: str, seed: int, args, work
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="cartpole,acrobot")
+    parser.add_argument("--tasks", default="cartpole,acrobot,breakout")
     parser.add_argument("--presets", default="medium,mixed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20000, help="gradient steps per offline run")
