@@ -127,6 +127,21 @@ class ReplayAgent(Agent):
             self.replay.load_state_dict(state["replay"])
 
 
+def linear_epsilon(start: float, end: float, env_steps: int, total_steps: int, fraction: float,
+                   decay_steps: int = 0, learning_starts: int = 0) -> float:
+    """Epsilon-greedy's rate, linear from ``start`` to ``end``.
+
+    ``decay_steps > 0``: ``start`` until ``learning_starts``, then over ``decay_steps`` env
+    steps (Dopamine's and MinAtar's schedule, independent of the run's length); otherwise
+    over the first ``fraction`` of the run's ``total_steps``.
+    """
+    if decay_steps > 0:
+        frac = min(1.0, max(0.0, (env_steps - learning_starts) / decay_steps))
+    else:
+        frac = min(1.0, env_steps / max(1.0, fraction * total_steps))
+    return start + frac * (end - start)
+
+
 def register(name: str):
     """Class decorator: make an Agent subclass available as ``agent=<name>``."""
 

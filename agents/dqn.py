@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents._augment import Augmentation
-from agents.base import AgentConfig, ReplayAgent, register
+from agents.base import AgentConfig, ReplayAgent, linear_epsilon, register
 from agents.networks import QHead, make_torso, to_tensor
 from replay import TransitionReplay
 from runtime.errors import UserError
@@ -204,18 +204,10 @@ class DQN(ReplayAgent):
 
     # ----------------------------------------------------------------- acting
     def epsilon(self) -> float:
-        """Linearly decayed exploration rate at the current env step.
-
-        ``eps_decay_steps > 0``: ``eps_start`` until ``learning_starts``, then linear to
-        ``eps_end`` over ``eps_decay_steps`` env steps (Dopamine's and MinAtar's schedule,
-        independent of the run's length); otherwise over the first ``eps_fraction`` of the run.
-        """
+        """Exploration rate at the current env step (:func:`agents.base.linear_epsilon`)."""
         cfg = self.cfg
-        if cfg.eps_decay_steps > 0:
-            frac = min(1.0, max(0.0, (self.env_steps - cfg.learning_starts) / cfg.eps_decay_steps))
-        else:
-            frac = min(1.0, self.env_steps / max(1.0, cfg.eps_fraction * self.total_steps))
-        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+        return linear_epsilon(cfg.eps_start, cfg.eps_end, self.env_steps, self.total_steps, cfg.eps_fraction,
+                              cfg.eps_decay_steps, cfg.learning_starts)
 
     @torch.no_grad()
     def greedy(self, obs: Any) -> np.ndarray:

@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.base import AgentConfig, ReplayAgent, register
+from agents.base import AgentConfig, ReplayAgent, linear_epsilon, register
 from agents.networks import make_torso, mlp, to_tensor
 from replay import SequenceReplay
 from runtime.errors import UserError
@@ -323,10 +323,9 @@ class VPN(ReplayAgent):
         return plan(network.expand, latent, self.cfg.plan_depth, self.cfg.branching)
 
     def epsilon(self) -> float:
-        """Linearly decayed exploration rate at the current env step."""
-        horizon = max(1.0, self.cfg.eps_fraction * self.total_steps)
-        frac = min(1.0, self.env_steps / horizon)
-        return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)
+        """Exploration rate at the current env step, over the first ``eps_fraction`` of the run."""
+        cfg = self.cfg
+        return linear_epsilon(cfg.eps_start, cfg.eps_end, self.env_steps, self.total_steps, cfg.eps_fraction)
 
     def act(self, obs: Any, explore: bool = False, epsilon: float | None = None) -> np.ndarray:
         """Greedy actions over the planned Q, epsilon-greedy when ``explore`` (or ``eval_eps`` > 0)."""

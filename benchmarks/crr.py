@@ -80,30 +80,36 @@ start = time.perf_counter()
 algo.fit(dataset, n_steps=args["steps"], n_steps_per_epoch=args["steps"], show_progress=False,
          logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9)
 train_s = time.perf_counter() - start
-returns = []
-if args["minatar"]:   # the suite's MinAtar protocol (envs/minatar.py): sticky 0.1, ramping, 6 actions, 10k cap
+if args["minatar"]:
     from minatar import Environment
-    for episode in range(args["episodes"]):
-        env = Environment(args["minatar"], sticky_action_prob=0.1, difficulty_ramping=True)
-        env.seed(args["eval_seed"] + episode)
-        env.reset()
-        total, done, steps = 0.0, False, 0
-        while not done and steps < 10_000:
-            obs = env.state().transpose(2, 0, 1).astype(np.float32).reshape(1, -1)
-            reward, done = env.act(int(algo.predict(obs)[0]))
-            total, steps = total + float(reward), steps + 1
-        returns.append(total)
+
+    class MinAtar:   # the suite's MinAtar protocol (envs/minatar.py): sticky 0.1, ramping, 6 actions, 10k cap
+
+        def reset(self, seed):
+            self.game = Environment(args["minatar"], sticky_action_prob=0.1, difficulty_ramping=True)
+            self.game.seed(seed)
+            self.game.reset()
+            self.steps = 0
+            return self.game.state().transpose(2, 0, 1), {}
+
+        def step(self, action):
+            reward, done = self.game.act(action)
+            self.steps += 1
+            return self.game.state().transpose(2, 0, 1), reward, done, self.steps >= 10_000, {}
+
+    env = MinAtar()
 else:
     env = gym.make(args["gym_id"])
-    for episode in range(args["episodes"]):
-        obs, _ = env.reset(seed=args["eval_seed"] + episode)
-        total, done = 0.0, False
-        while not done:
-            action = int(algo.predict(np.asarray(obs, dtype=np.float32)[None])[0])
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
+returns = []
+for episode in range(args["episodes"]):
+    obs, _ = env.reset(seed=args["eval_seed"] + episode)
+    total, done = 0.0, False
+    while not done:
+        action = int(algo.predict(np.asarray(obs, dtype=np.float32).reshape(1, -1))[0])
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        done = terminated or truncated
+    returns.append(total)
 print(json.dumps({"return_mean": float(np.mean(returns)), "train_seconds": train_s}))
 """
 
@@ -179,7 +185,8 @@ def run_peer(task: str, preset: str, npz: Path, algo: str, seed: int, args, work
         num_actions = envs.make_spec({"kind": "gym", "id": TASKS[task]["gym_id"], "name": task}).num_actions
     payload = {"npz": str(npz), "algo": algo.split("_", 1)[1], "seed": seed, "steps": args.steps,
                "batch": 256, "lr": 3e-4, "gamma": 0.99, "target_interval": 100, "hidden": [64, 64],
-               "num_actions": num_actions, "gym_id": TASKS[task]["gym_id"], "minatar": TASKS[task].get("minatar"), "episodes": args.episodes,
+               "num_actions": num_actions, "gym_id": TASKS[task]["gym_id"], "minatar": TASKS[task].get("minatar"),
+               "episodes": args.episodes,
                "eval_seed": 10_000 + seed}
     result = sh([args.d3rlpy_python, "-c", D3RLPY_SCRIPT, json.dumps(payload)],
                 work / "logs" / f"{task}-{preset}-{algo}-s{seed}.log")

@@ -29,14 +29,14 @@ def _group_choices(argv: list[str]) -> list[str]:
     return [a for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+~") in groups]
 
 
-def _known_keys(config_name: str, argv: list[str] | None = None) -> list[str]:
+def _known_keys(config_name: str, argv: list[str]) -> list[str]:
     """Every key of the config composed with the command line's group choices (for hints)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = compose(config_name=config_name, overrides=_group_choices(argv or []))
+            cfg = compose(config_name=config_name, overrides=_group_choices(argv))
     except Exception:  # noqa: BLE001 - hints only
         return []
     keys: list[str] = []
@@ -52,7 +52,7 @@ def _known_keys(config_name: str, argv: list[str] | None = None) -> list[str]:
     return keys
 
 
-def explain_hydra_error(err: Exception, config_name: str, argv: list[str] | None = None) -> UserError:
+def explain_hydra_error(err: Exception, config_name: str) -> UserError:
     """Turn a Hydra composition/override error into a UserError naming key and choices."""
     text = str(err)
     missing = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
@@ -64,7 +64,7 @@ def explain_hydra_error(err: Exception, config_name: str, argv: list[str] | None
         key = bad_key.group(1)
         full = re.search(r"full_key: (\S+)", text)
         key = full.group(1) if full else key
-        known = _known_keys(config_name, sys.argv[1:] if argv is None else argv)
+        known = _known_keys(config_name, sys.argv[1:])
         close = difflib.get_close_matches(key, known, n=3)
         prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
         siblings = [k for k in known if k.startswith(prefix) and "." not in k[len(prefix):]]
