@@ -2,6 +2,7 @@
 
     python benchmarks/alphazero.py                       # tic-tac-toe target + throughput (about 3 min)
     python benchmarks/alphazero.py --ablation-seconds 40 # + belief-target / acting ablation on tic-tac-toe
+    python benchmarks/alphazero.py --sections ablation --ablation-game connect_four --ablation-seconds 300
     python benchmarks/alphazero.py --c4-minutes 60       # + the full Connect Four run, then vs mcts:1000
     python benchmarks/alphazero.py --c4-run <run dir> --sections c4   # evaluate an existing Connect Four run
     python benchmarks/alphazero.py --json                # one JSON line last
@@ -18,10 +19,11 @@ Sections:
   settings (no learning), and the share of time in the network, the search core
   (select / expand / backup in C++) and the game logic (restore / step / clone / observation
   of the real simulator); "other" is the rest (beliefs, acting, bookkeeping).
-* ``ablation``: equal wall-clock training on tic-tac-toe for ``visits`` / ``gumbel`` /
-  ``optimal`` belief targets and argmax / sampled acting; scored by the raw network
-  (no search: argmax of the belief head) and a 16-simulation search against perfect play
-  and random play.
+* ``ablation``: equal wall-clock training (``--ablation-seconds`` each) on tic-tac-toe or
+  Connect Four (``--ablation-game``) for ``visits`` / ``gumbel`` / ``optimal`` belief targets
+  and argmax / sampled acting; scored by the raw network (no search: argmax of the belief
+  head) and a 16-simulation search, against perfect and random play on tic-tac-toe, against
+  ``--ablation-opponent`` (default OpenSpiel MCTS, 200 simulations) on Connect Four.
 * ``c4``: Connect Four against OpenSpiel's MCTS bot (``--c4-opponent``, default mcts:1000),
   ``--c4-games`` games with colours alternating; trains first for ``--c4-minutes`` or
   evaluates ``--c4-run``'s latest checkpoint; optionally an Elo ladder of the run.
@@ -188,36 +190,54 @@ def bench_throughput(env: str, plies: int, seed: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- ablation
-def bench_ablation(seconds: float, seed: int) -> list[dict[str, Any]]:
+def bench_ablation(seconds: float, seed: int, game: str = "tictactoe", opponent: str = "mcts:200",
+                   games: int = 40) -> list[dict[str, Any]]:
+    """Equal wall-clock training of each belief target / acting rule, then matches.
+
+    Tic-tac-toe: 200 games against perfect play and against random play. Connect Four:
+    ``games`` games (colours alternating) against ``opponent``. Each agent plays with its
+    raw network (no search) and with a 16-simulation search.
+    """
     from envs.games import PerfectTicTacToePlayer, RandomPlayer, play_match
+    from runtime.match_eval import evaluate_against
 
     variants = [("visits", "puct", "temperature"), ("gumbel", "gumbel", "temperature"),
                 ("optimal", "puct", "temperature"), ("visits", "puct", "argmax"), ("visits", "puct", "sample")]
     rows = []
     for belief, algorithm, act in variants:
-        agent, _, _ = build_agent(["agent=alphazero", "env=tictactoe"], seed,
-                                  {"belief_target": belief, "algorithm": algorithm, "act": act})
+        agent, _, env_cfg = build_agent(["agent=alphazero", f"env={game}"], seed,
+                                        {"belief_target": belief, "algorithm": algorithm, "act": act})
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             agent.train_iteration()
-        row = {"belief_target": belief, "algorithm": algorithm, "act": act, "positions": agent.env_steps}
+        row = {"game": game, "belief_target": belief, "algorithm": algorithm, "act": act,
+               "positions": agent.env_steps, "train_seconds": time.perf_counter() - start}
         for sims in (0, 16):
-            perfect = play_match(agent.player(simulations=sims), PerfectTicTacToePlayer(), "tic_tac_toe", 200,
-                                 seed=seed + 3)
-            rnd = play_match(agent.player(simulations=sims), RandomPlayer(), "tic_tac_toe", 200, seed=seed + 3)
-            row[f"sims{sims}_vs_perfect_losses"] = perfect.losses
-            row[f"sims{sims}_vs_random_points"] = rnd.score
-        print(f"  ablation {belief:8s} {algorithm:6s} {act:11s} {agent.env_steps:>7,} positions  "
-              f"raw net: L {row['sims0_vs_perfect_losses']:3d}/200 vs perfect, {row['sims0_vs_random_points']:.3f} "
-              f"vs random | 16 sims: L {row['sims16_vs_perfect_losses']:3d}, "
-              f"{row['sims16_vs_random_points']:.3f}   ({load()})", flush=True)
+            if game == "tictactoe":
+                perfect = play_match(agent.player(simulations=sims), PerfectTicTacToePlayer(), "tic_tac_toe", 200,
+                                     seed=seed + 3)
+                rnd = play_match(agent.player(simulations=sims), RandomPlayer(), "tic_tac_toe", 200, seed=seed + 3)
+                row[f"sims{sims}_vs_perfect_losses"] = perfect.losses
+                row[f"sims{sims}_vs_random_points"] = rnd.score
+            else:
+                result = evaluate_against(agent, env_cfg, opponent, games, seed + 3, simulations=sims)
+                row[f"sims{sims}_points"] = result["points"]
+                row[f"sims{sims}_points_ci"] = [result["points_ci_low"], result["points_ci_high"]]
+        if game == "tictactoe":
+            score = (f"raw net: L {row['sims0_vs_perfect_losses']:3d}/200 vs perfect, "
+                     f"{row['sims0_vs_random_points']:.3f} vs random | 16 sims: L {row['sims16_vs_perfect_losses']:3d}, "
+                     f"{row['sims16_vs_random_points']:.3f}")
+        else:
+            score = f"points vs {opponent}: raw net {row['sims0_points']:.3f} | 16 sims {row['sims16_points']:.3f}"
+        print(f"  ablation {belief:8s} {algorithm:6s} {act:11s} {agent.env_steps:>9,} positions  {score}   ({load()})",
+              flush=True)
         rows.append(row)
     return rows
 
 
 # -------------------------------------------------------------------------- Connect Four
 def bench_c4(minutes: float | None, run_dir: str | None, opponent: str, games: int, ladder: int,
-             seed: int, ladder_simulations: int | None = None) -> dict[str, Any]:
+             seed: int, ladder_simulations: int | None = None, simulations: int | None = None) -> dict[str, Any]:
     from runtime.match_eval import elo_ladder, evaluate_against, load_agent
 
     out: dict[str, Any] = {}
@@ -239,8 +259,10 @@ def bench_c4(minutes: float | None, run_dir: str | None, opponent: str, games: i
     agent = load_agent(run_dir)
     out["c4_positions"] = agent.trained_steps
     start = time.perf_counter()
-    result = evaluate_against(agent, "connect_four", opponent, games, seed)
-    out.update({"c4_opponent": opponent, "c4_games": games, "c4_points": result["points"],
+    result = evaluate_against(agent, "connect_four", opponent, games, seed, simulations=simulations)
+    out.update({"c4_opponent": opponent, "c4_games": games,
+                "c4_simulations": simulations or agent.cfg.eval_simulations or agent.cfg.num_simulations,
+                "c4_points": result["points"],
                 "c4_points_ci": [result["points_ci_low"], result["points_ci_high"]], "c4_wins": result["wins"],
                 "c4_draws": result["draws"], "c4_losses": result["losses"],
                 "c4_eval_seconds": time.perf_counter() - start})
@@ -260,10 +282,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ttt-check", type=int, default=10_000, help="positions between checks vs perfect play")
     parser.add_argument("--ablation-seconds", type=float, default=None, help="adds the ablation section")
+    parser.add_argument("--ablation-game", default="tictactoe", choices=("tictactoe", "connect_four"))
+    parser.add_argument("--ablation-opponent", default="mcts:200", help="Connect Four ablation: the opponent")
+    parser.add_argument("--ablation-games", type=int, default=40, help="Connect Four ablation: games per match")
     parser.add_argument("--c4-minutes", type=float, default=None, help="train Connect Four this long (adds c4)")
     parser.add_argument("--c4-run", default=None, help="evaluate this Connect Four run instead of training")
     parser.add_argument("--c4-opponent", default="mcts:1000")
     parser.add_argument("--c4-games", type=int, default=100)
+    parser.add_argument("--c4-sims", type=int, default=None,
+                        help="our search size per move in the match (default: the run's agent.eval_simulations)")
     parser.add_argument("--c4-ladder", type=int, default=0, help="games per pair for an Elo ladder (0: none)")
     parser.add_argument("--c4-ladder-sims", type=int, default=None, help="search size in the ladder (default: eval)")
     args = parser.parse_args()
@@ -286,10 +313,11 @@ def main() -> None:
         figures.update(bench_throughput("tictactoe", 20, args.seed))
         figures.update(bench_throughput("connect_four", 6, args.seed))
     if "ablation" in sections:
-        figures["ablation"] = bench_ablation(args.ablation_seconds or 40.0, args.seed)
+        figures["ablation"] = bench_ablation(args.ablation_seconds or 40.0, args.seed, args.ablation_game,
+                                             args.ablation_opponent, args.ablation_games)
     if "c4" in sections:
         figures.update(bench_c4(args.c4_minutes, args.c4_run, args.c4_opponent, args.c4_games, args.c4_ladder,
-                                args.seed, args.c4_ladder_sims))
+                                args.seed, args.c4_ladder_sims, args.c4_sims))
         ratios["c4_points ours/target0.95"] = figures["c4_points"] / 0.95
     figures["load_average_end"] = os.getloadavg()[0]
 
@@ -302,7 +330,7 @@ def main() -> None:
         print("\ntic-tac-toe: positions, training seconds, losses / draws in 200 games vs perfect")
         for row in figures["ttt_curve"]:
             print("  ", *row)
-    if "ablation" in figures:
+    if "ablation" in figures and args.ablation_game == "tictactoe":
         print("\n| belief target | search | acting | positions | raw net: losses vs perfect | raw net: points vs random "
               "| 16 sims: losses vs perfect | 16 sims: points vs random |")
         print("|---|---|---|---|---|---|---|---|")
@@ -310,6 +338,15 @@ def main() -> None:
             print(f"| {r['belief_target']} | {r['algorithm']} | {r['act']} | {r['positions']:,} | "
                   f"{r['sims0_vs_perfect_losses']}/200 | {r['sims0_vs_random_points']:.3f} | "
                   f"{r['sims16_vs_perfect_losses']}/200 | {r['sims16_vs_random_points']:.3f} |")
+    elif "ablation" in figures:
+        print(f"\n| belief target | search | acting | positions | raw net: points vs {args.ablation_opponent} "
+              f"| 16 sims: points vs {args.ablation_opponent} |")
+        print("|---|---|---|---|---|---|")
+        for r in figures["ablation"]:
+            ci0, ci16 = r["sims0_points_ci"], r["sims16_points_ci"]
+            print(f"| {r['belief_target']} | {r['algorithm']} | {r['act']} | {r['positions']:,} | "
+                  f"{r['sims0_points']:.3f} [{ci0[0]:.2f}, {ci0[1]:.2f}] | "
+                  f"{r['sims16_points']:.3f} [{ci16[0]:.2f}, {ci16[1]:.2f}] |")
     if "c4_elo_ladder" in figures:
         print("\nConnect Four Elo ladder (random = 0):", json.dumps(figures["c4_elo_ladder"]))
     if ratios:

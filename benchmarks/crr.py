@@ -8,7 +8,8 @@ Breakout) the benchmark
    policy, epsilon-mixed, ``--size`` transitions) and ``mixed`` (the DQN run's whole
    replay), each exported to ``.npz`` for the peer;
 3. trains ``crr`` (binary and exp filters), ``bc`` and ``offline_dqn`` with
-   ``train.py`` for ``--steps`` gradient steps and ``--seeds`` seeds, and reads the
+   ``train.py`` for the task's gradient steps (20k on classic control, 50k on
+   Breakout, as in the tuned presets; ``--steps`` overrides) and ``--seeds`` seeds, and reads the
    final evaluation (``eval.episodes`` seeded episodes) from ``summary.json``;
 4. trains d3rlpy's ``DiscreteCQL`` and ``DiscreteBC`` on the same ``.npz`` datasets,
    same network ([64, 64]), learning rate, target interval and number of gradient
@@ -37,14 +38,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 TASKS = {
-    "cartpole": {"env": ["env=cartpole"], "floor": 0.0, "gym_id": "CartPole-v1", "dqn": []},
-    "acrobot": {"env": ["env=gym", "env.id=Acrobot-v1"], "floor": -500.0, "gym_id": "Acrobot-v1",
+    "cartpole": {"env": ["env=cartpole"], "floor": 0.0, "gym_id": "CartPole-v1", "steps": 20000, "episodes": 20,
+                 "dqn": []},
+    "acrobot": {"env": ["env=gym", "env.id=Acrobot-v1"], "floor": -500.0, "gym_id": "Acrobot-v1", "steps": 20000,
+                "episodes": 20,
                 "dqn": ["total_env_steps=50000", "agent.learning_rate=1e-3", "agent.learning_rate_final=0.0",
                         "agent.adam_eps=1e-8", "agent.batch_size=64", "agent.learning_starts=1000", "agent.n_step=3",
                         "agent.collect_steps=64", "agent.gradient_steps=64", "agent.target_update_interval=1",
                         "agent.tau=0.01", "agent.eps_end=0.04", "agent.eps_fraction=0.16", "eval.interval=5000",
                         "checkpoint.interval=10000"]},
     "breakout": {"env": ["env=minatar", "env.game=breakout"], "floor": 0.0, "gym_id": None, "minatar": "breakout",
+                 "steps": 50000, "episodes": 100,     # one episode's return has sd ~5 here: 20 are too few
                  "dqn": ["total_env_steps=200000", "agent.eps_decay_steps=0", "agent.eps_fraction=0.5"]},
 }
 
@@ -157,14 +161,30 @@ def build_datasets(task: str, run: Path, work: Path, size: int, presets: list[st
     return out
 
 
+def task_steps(task: str, args) -> int:
+    """Gradient steps of the task's offline runs: ``--steps``, else the task's preset (conf/tuned/*_<env>.yaml)."""
+    return args.steps or TASKS[task]["steps"]
+
+
+def task_episodes(task: str, args) -> int:
+    """Final evaluation episodes: ``--episodes``, else the task's default (20; MinAtar Breakout 100)."""
+    return args.episodes or TASKS[task]["episodes"]
+
+
+def run_key(task: str, preset: str, algo: str, seed: int, args) -> str:
+    """Cache name of one run: a run is reused only with the same steps and evaluation episodes."""
+    return f"{preset}-{algo}-{task_steps(task, args)}-e{task_episodes(task, args)}-s{seed}"
+
+
 def run_ours(task: str, preset: str, dataset: Path, algo: str, seed: int, args, work: Path) -> float:
-    root = work / task / "runs" / f"{preset}-{algo}-s{seed}"
+    steps, episodes = task_steps(task, args), task_episodes(task, args)
+    root = work / task / "runs" / run_key(task, preset, algo, seed, args)
     summary = next(iter(sorted(root.rglob("summary.json"))), None)
     if summary is None and args.cached_only:
         return None
     if summary is None or args.fresh:
         sh([sys.executable, "train.py", *OURS[algo], *TASKS[task]["env"], f"agent.dataset={dataset}", f"seed={seed}",
-            f"total_env_steps={args.steps}", f"eval.interval={args.steps}", f"eval.episodes={args.episodes}",
+            f"total_env_steps={steps}", f"eval.interval={steps}", f"eval.episodes={episodes}",
             "logger=none", "torch_threads=1", f"runs_root={root}", *args.override],
            work / "logs" / f"{task}-{preset}-{algo}-s{seed}.log")
         summary = max(root.rglob("summary.json"))
@@ -174,7 +194,8 @@ def run_ours(task: str, preset: str, dataset: Path, algo: str, seed: int, args, 
 def run_peer(task: str, preset: str, npz: Path, algo: str, seed: int, args, work: Path) -> float:
     import envs
 
-    cache = work / task / "peers" / f"{preset}-{algo}-s{seed}.json"
+    steps = task_steps(task, args)
+    cache = work / task / "peers" / f"{run_key(task, preset, algo, seed, args)}.json"
     if cache.is_file() and not args.fresh:
         return float(json.loads(cache.read_text())["return_mean"])
     if args.cached_only:
@@ -183,10 +204,10 @@ def run_peer(task: str, preset: str, npz: Path, algo: str, seed: int, args, work
         num_actions = 6                     # envs/minatar.py keeps all six actions
     else:
         num_actions = envs.make_spec({"kind": "gym", "id": TASKS[task]["gym_id"], "name": task}).num_actions
-    payload = {"npz": str(npz), "algo": algo.split("_", 1)[1], "seed": seed, "steps": args.steps,
+    payload = {"npz": str(npz), "algo": algo.split("_", 1)[1], "seed": seed, "steps": steps,
                "batch": 256, "lr": 3e-4, "gamma": 0.99, "target_interval": 100, "hidden": [64, 64],
                "num_actions": num_actions, "gym_id": TASKS[task]["gym_id"], "minatar": TASKS[task].get("minatar"),
-               "episodes": args.episodes,
+               "episodes": task_episodes(task, args),
                "eval_seed": 10_000 + seed}
     result = sh([args.d3rlpy_python, "-c", D3RLPY_SCRIPT, json.dumps(payload)],
                 work / "logs" / f"{task}-{preset}-{algo}-s{seed}.log")
@@ -201,8 +222,10 @@ def main() -> None:
     parser.add_argument("--tasks", default="cartpole,acrobot,breakout")
     parser.add_argument("--presets", default="medium,mixed")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20000, help="gradient steps per offline run")
-    parser.add_argument("--episodes", type=int, default=20, help="final evaluation episodes")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="gradient steps per offline run (default: the task's preset, 20k; Breakout 50k)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="final evaluation episodes (default: 20; MinAtar Breakout 100)")
     parser.add_argument("--size", type=int, default=50_000, help="transitions in a medium dataset")
     parser.add_argument("--work", default="/tmp/arbor-crr-bench", help="runs, datasets and logs (reused)")
     parser.add_argument("--d3rlpy-python", default="/tmp/d3venv/bin/python")
@@ -247,15 +270,17 @@ def main() -> None:
 def report(tasks, presets, datasets, results, algos, args, seconds) -> None:
     import numpy as np
 
-    header = ["dataset", "behaviour"] + algos
+    header = ["dataset", "steps", "episodes", "behaviour"] + algos
     rows, figures, ratios, targets = [], {}, {}, {}
     for task in tasks:
         floor = TASKS[task]["floor"]
         for preset in presets:
             name = f"{task}-{preset}"
             behaviour = float(datasets[task][preset]["behaviour"])
-            row = [name, f"{behaviour:.1f}"]
+            row = [name, str(task_steps(task, args)), str(task_episodes(task, args)), f"{behaviour:.1f}"]
             figures[f"{name}/behaviour"] = behaviour
+            figures[f"{name}/steps"] = task_steps(task, args)
+            figures[f"{name}/episodes"] = task_episodes(task, args)
             means = {}
             for algo in algos:
                 values = results.get((task, preset, algo), [])
@@ -279,8 +304,8 @@ def report(tasks, presets, datasets, results, algos, args, seconds) -> None:
             if "crr_binary" in means and "crr_exp" in means:
                 targets[f"{name}/binary_vs_exp"] = "binary" if means["crr_binary"] > means["crr_exp"] else "exp"
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print(f"\nFinal evaluation return ({args.episodes} episodes), mean ± std over up to {args.seeds} seeds, "
-          f"{args.steps} gradient steps:\n")
+    print(f"\nFinal evaluation return ('episodes' seeded episodes after 'steps' gradient steps), mean ± std "
+          f"over up to {args.seeds} seeds:\n")
     for r in [header] + rows:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
     print("\ntargets:", json.dumps(targets))
