@@ -574,10 +574,15 @@ class MuZero(Agent):
         return self.cfg.learning_rate + frac * (self.cfg.learning_rate_final - self.cfg.learning_rate)
 
     @torch.no_grad()
+    def _flat_observations(self, batch, offsets: np.ndarray, rows: int | None = None) -> torch.Tensor:
+        """Stored observations at ``offsets`` (``[B, J]`` into the windows) of the first ``rows``
+        windows, as one batch ``[rows * J, ...]``."""
+        obs = self.replay.observations_at(batch, offsets)[:rows]
+        return obs.reshape((-1,) + tuple(obs.shape[2:]))
+
     def _network_values(self, batch, position: torch.Tensor) -> torch.Tensor:
         """Target-network values of the observations at ``position`` (``[rows, J]`` offsets into the windows)."""
-        obs = self.replay.observations_at(batch, position.cpu().numpy())
-        flat = obs.reshape((-1,) + tuple(obs.shape[2:]))
+        flat = self._flat_observations(batch, position.cpu().numpy())
         _, value_logits = self.target_net.prediction(self.target_net.representation(flat.to(self.device)))
         return support_to_scalar(value_logits, self.cfg.support_size).view(position.shape)
 
@@ -610,8 +615,7 @@ class MuZero(Agent):
         if count == 0:
             return policy
         offsets = np.broadcast_to(np.arange(K + 1), (policy.shape[0], K + 1))
-        obs = self.replay.observations_at(batch, offsets)[:count]
-        flat = obs.reshape((-1,) + tuple(obs.shape[2:]))
+        flat = self._flat_observations(batch, offsets, count)
         legal = None
         if self.two_player:
             legal = batch.extras["legal"][:count, :K + 1].reshape(-1, self.num_actions).cpu().numpy()
@@ -628,8 +632,7 @@ class MuZero(Agent):
         (the stop-gradient branch of EfficientZero's consistency loss)."""
         K = self.cfg.unroll_steps
         offsets = np.broadcast_to(np.arange(1, K + 1), (len(batch.indices), K))
-        obs = self.replay.observations_at(batch, offsets)
-        flat = obs.reshape((-1,) + tuple(obs.shape[2:])).to(self.device)
+        flat = self._flat_observations(batch, offsets).to(self.device)
         return self.net.consistency.project(self.net.representation(flat)).view(len(batch.indices), K, -1)
 
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:

@@ -162,7 +162,7 @@ def build_datasets(task: str, run: Path, work: Path, size: int, presets: list[st
 
 
 def task_steps(task: str, args) -> int:
-    """Gradient steps of the task's offline runs: ``--steps``, else the task's preset (conf/tuned/*_<env>.yaml)."""
+    """Gradient steps of the task's offline runs: ``--steps``, else its preset's (conf/tuned/_offline_*.yaml)."""
     return args.steps or TASKS[task]["steps"]
 
 
@@ -194,17 +194,15 @@ def run_ours(task: str, preset: str, dataset: Path, algo: str, seed: int, args, 
 def run_peer(task: str, preset: str, npz: Path, algo: str, seed: int, args, work: Path) -> float:
     import envs
 
-    steps = task_steps(task, args)
     cache = work / task / "peers" / f"{run_key(task, preset, algo, seed, args)}.json"
     if cache.is_file() and not args.fresh:
         return float(json.loads(cache.read_text())["return_mean"])
     if args.cached_only:
         return None
-    if TASKS[task].get("minatar"):
-        num_actions = 6                     # envs/minatar.py keeps all six actions
-    else:
-        num_actions = envs.make_spec({"kind": "gym", "id": TASKS[task]["gym_id"], "name": task}).num_actions
-    payload = {"npz": str(npz), "algo": algo.split("_", 1)[1], "seed": seed, "steps": steps,
+    game = TASKS[task].get("minatar")
+    env_cfg = {"kind": "minatar", "game": game} if game else {"kind": "gym", "id": TASKS[task]["gym_id"]}
+    num_actions = envs.make_spec({**env_cfg, "name": task}).num_actions
+    payload = {"npz": str(npz), "algo": algo.split("_", 1)[1], "seed": seed, "steps": task_steps(task, args),
                "batch": 256, "lr": 3e-4, "gamma": 0.99, "target_interval": 100, "hidden": [64, 64],
                "num_actions": num_actions, "gym_id": TASKS[task]["gym_id"], "minatar": TASKS[task].get("minatar"),
                "episodes": task_episodes(task, args),
