@@ -14,7 +14,8 @@ leaves' parents and actions. Q-values are ``r + discount * V`` with rewards on e
 and tree-wide min-max normalisation (the core's). The root gets Dirichlet noise in
 self-play; the action is sampled from the visit counts ``N(a)^(1/T)`` with the paper's
 schedule ``T = 1, 0.5, 0.25`` over the first half, third quarter and last quarter of
-the run (Gumbel: the search's own selected action). Evaluation searches without noise
+the run (Gumbel: the search's own selected action); on board games ``temperature_moves``
+can limit sampling to each game's first plies, as AlphaZero does. Evaluation searches without noise
 and plays the most visited action.
 
 **Targets** for a sampled position ``t`` and unroll step ``k = 0..K``:
@@ -119,6 +120,8 @@ class MuZeroConfig(AgentConfig):
     maxvisit_init: float = 50.0
     temperature: float = 1.0            # visit temperature; x0.5 after half the run, x0.25 after 3/4
     temperature_decay: bool = True
+    temperature_moves: int | None = None   # board games: sample only the first N plies of a game, then
+                                           # play the most visited move (None: sample every ply)
     # targets
     discount: float = 0.997
     unroll_steps: int = 5               # K
@@ -161,6 +164,7 @@ class MuZeroConfig(AgentConfig):
             "max_num_considered_actions": self.max_num_considered_actions >= 1,
             "gumbel_scale": self.gumbel_scale >= 0, "value_scale": self.value_scale > 0,
             "maxvisit_init": self.maxvisit_init >= 0, "temperature": self.temperature > 0,
+            "temperature_moves": self.temperature_moves is None or self.temperature_moves >= 0,
             "discount": 0 < self.discount <= 1, "unroll_steps": self.unroll_steps >= 1, "n_step": self.n_step >= 1,
             "target_update_interval": self.target_update_interval >= 1,
             "reanalyse_fraction": 0 <= self.reanalyse_fraction <= 1, "collect_steps": self.collect_steps >= 1,
@@ -551,6 +555,9 @@ class MuZero(Agent):
         obs, legal, to_play = game.observation(), game.legal_mask(), game.to_play()
         result = self.search(obs, "play", legal, temperature=self.visit_temperature())
         actions = result.selected_action.astype(np.int64)
+        if self.cfg.temperature_moves is not None and self.cfg.algorithm == "puct":
+            late = game.num_moves() >= self.cfg.temperature_moves
+            actions = np.where(late, self._greedy(result), actions)
         actions = np.where(legal[np.arange(len(actions)), actions], actions, legal.argmax(axis=1))
         game.step(actions)
         terminal = game.terminal()

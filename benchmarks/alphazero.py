@@ -5,6 +5,7 @@
     python benchmarks/alphazero.py --sections ablation --ablation-game connect_four --ablation-seconds 300
     python benchmarks/alphazero.py --c4-minutes 60       # + the full Connect Four run, then vs mcts:1000
     python benchmarks/alphazero.py --c4-run <run dir> --sections c4   # evaluate an existing Connect Four run
+    python benchmarks/alphazero.py --c4-minutes 60 --sections c4 --c4-override agent.belief_target=optimal
     python benchmarks/alphazero.py --json                # one JSON line last
 
 Sections:
@@ -27,6 +28,7 @@ Sections:
 * ``c4``: Connect Four against OpenSpiel's MCTS bot (``--c4-opponent``, default mcts:1000),
   ``--c4-games`` games with colours alternating; trains first for ``--c4-minutes`` or
   evaluates ``--c4-run``'s latest checkpoint; optionally an Elo ladder of the run.
+  ``--c4-override`` (repeatable) passes a setting to the training run, e.g. another belief.
 
 Figures are measured on a shared machine: the load average is printed with them.
 """
@@ -237,7 +239,8 @@ def bench_ablation(seconds: float, seed: int, game: str = "tictactoe", opponent:
 
 # -------------------------------------------------------------------------- Connect Four
 def bench_c4(minutes: float | None, run_dir: str | None, opponent: str, games: int, ladder: int,
-             seed: int, ladder_simulations: int | None = None, simulations: int | None = None) -> dict[str, Any]:
+             seed: int, ladder_simulations: int | None = None, simulations: int | None = None,
+             overrides: list[str] | None = None) -> dict[str, Any]:
     from runtime.match_eval import elo_ladder, evaluate_against, load_agent
 
     out: dict[str, Any] = {}
@@ -246,7 +249,7 @@ def bench_c4(minutes: float | None, run_dir: str | None, opponent: str, games: i
 
         runs_root = Path(os.environ.get("TMPDIR", "/tmp")) / "arbor-bench-alphazero"
         cmd = [sys.executable, str(ROOT / "train.py"), "agent=alphazero", "env=connect_four", "logger=none",
-               f"runs_root={runs_root}", f"seed={seed}"]
+               f"runs_root={runs_root}", f"seed={seed}", *(overrides or [])]
         print("  c4: training for", minutes, "minutes:", " ".join(cmd), flush=True)
         proc = subprocess.Popen(cmd, cwd=ROOT)
         try:
@@ -254,8 +257,9 @@ def bench_c4(minutes: float | None, run_dir: str | None, opponent: str, games: i
         except subprocess.TimeoutExpired:
             proc.send_signal(2)                            # SIGINT: the trainer saves latest.pt and stops
             proc.wait()
-        run_dir = str(max((runs_root / "alphazero-connect_four").iterdir()))
+        run_dir = str(max((runs_root / "alphazero-connect_four").iterdir(), key=lambda p: p.stat().st_mtime))
         out["c4_train_minutes"] = minutes
+        out["c4_overrides"] = list(overrides or [])
     agent = load_agent(run_dir)
     out["c4_positions"] = agent.trained_steps
     start = time.perf_counter()
@@ -291,6 +295,9 @@ def main() -> None:
     parser.add_argument("--c4-games", type=int, default=100)
     parser.add_argument("--c4-sims", type=int, default=None,
                         help="our search size per move in the match (default: the run's agent.eval_simulations)")
+    parser.add_argument("--c4-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra train.py override for the Connect Four run (repeatable), "
+                             "e.g. agent.belief_target=gumbel")
     parser.add_argument("--c4-ladder", type=int, default=0, help="games per pair for an Elo ladder (0: none)")
     parser.add_argument("--c4-ladder-sims", type=int, default=None, help="search size in the ladder (default: eval)")
     args = parser.parse_args()
@@ -317,7 +324,7 @@ def main() -> None:
                                              args.ablation_opponent, args.ablation_games)
     if "c4" in sections:
         figures.update(bench_c4(args.c4_minutes, args.c4_run, args.c4_opponent, args.c4_games, args.c4_ladder,
-                                args.seed, args.c4_ladder_sims, args.c4_sims))
+                                args.seed, args.c4_ladder_sims, args.c4_sims, args.c4_override))
         ratios["c4_points ours/target0.95"] = figures["c4_points"] / 0.95
     figures["load_average_end"] = os.getloadavg()[0]
 

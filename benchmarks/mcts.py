@@ -86,6 +86,35 @@ def bench_ours(B: int, S: int, A: int, min_time: float, algorithm: str = "puct",
     return B * S / timeit(run, min_time)
 
 
+def bench_ours_network(S: int, A: int, min_time: float, leaves_per_step: int, width: int = 256) -> float:
+    """Simulations per second of one tree (B = 1) whose model is a small torch MLP
+    (latent 64 -> width -> width -> A logits + value, one thread), evaluated on every
+    step's leaves in one call: the case leaf batching is for."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, A + 1))
+    cfg = mcts.SearchConfig(num_simulations=S, discount=DISCOUNT, leaves_per_step=leaves_per_step)
+    forest = mcts.Forest(1, A, cfg)
+    latent = torch.randn(forest.max_nodes, 64)
+
+    @torch.inference_mode()
+    def model_fn(leaves: mcts.LeafBatch) -> mcts.ModelOutput:
+        out = net(latent[torch.from_numpy(leaves.parent_node.astype(np.int64))]).numpy()
+        return mcts.ModelOutput(np.zeros(len(out), np.float32), np.tanh(out[:, 0]), out[:, 1:])
+
+    root_logits = np.zeros((1, A), np.float32)
+    root_value = np.zeros(1, np.float32)
+
+    def run() -> None:
+        forest.set_roots(root_logits, root_value)
+        forest.run(model_fn)
+
+    return S / timeit(run, min_time)
+
+
 # ---------------------------------------------------------------- mctx
 def bench_mctx(B: int, S: int, A: int, min_time: float, policy: str) -> Optional[float]:
     try:
@@ -286,6 +315,12 @@ def main() -> None:
     figures["ours_leaves1_b1_s200_a18"], figures["ours_leaves8_b1_s200_a18"] = k1, k8
     ratios["leaves8/leaves1_b1_s200_a18"] = k8 / k1
     print(f"  1 leaf/step {fmt(k1)}  8 leaves/step {fmt(k8)}  ratio {k8 / k1:.2f}")
+    n1 = bench_ours_network(200, 18, args.min_time, leaves_per_step=1)
+    n8 = bench_ours_network(200, 18, args.min_time, leaves_per_step=8)
+    figures["ours_net_leaves1_b1_s200_a18"], figures["ours_net_leaves8_b1_s200_a18"] = n1, n8
+    ratios["net_leaves8/leaves1_b1_s200_a18"] = n8 / n1
+    print(f"  with a 2 x 256 MLP model (one torch thread): 1 leaf/step {n1:8.0f}  8 leaves/step {n8:8.0f}  "
+          f"ratio {n8 / n1:.2f}")
 
     print("\nCost per simulation vs simulation count (pUCT, B=64, A=18)")
     for S in (16, 50, 200, 800):

@@ -346,3 +346,32 @@ def test_search_bootstrap_reads_stored_root_values_and_the_network_only_after_tr
     row2 = int(torch.nonzero(start == 2)[0, 0])
     assert values[row0].tolist() == [20.0, 30.0, 1004.0]      # o2, o3 searched; o4 is the truncated final obs
     assert values[row2, :2].tolist() == [1002.0, 1002.0]      # both bootstrap from the final observation
+
+
+def test_temperature_moves_samples_only_the_first_plies_of_each_game():
+    """After ``temperature_moves`` plies a board game plays its search's most visited move."""
+    def played(temperature_moves):
+        agent = _agent("tictactoe", "env.num_envs=32", f"agent.temperature_moves={temperature_moves}")
+        records = []
+        search, step = agent.search, agent.game.step
+
+        def recording_search(*args, **kwargs):
+            result = search(*args, **kwargs)
+            records.append({"greedy": agent._greedy(result), "ply": agent.game.num_moves().copy()})
+            return result
+
+        def recording_step(actions):
+            records[-1]["action"] = np.asarray(actions).copy()
+            return step(actions)
+
+        agent.search, agent.game.step = recording_search, recording_step
+        for _ in range(12):
+            agent._game_step()
+        late = np.concatenate([r["ply"] >= 2 for r in records])
+        early = ~late
+        same = np.concatenate([r["action"] == r["greedy"] for r in records])
+        return same[early].mean(), same[late].mean()
+
+    early, late = played(2)
+    assert late == 1.0 and early < 1.0                      # sampled while ply < 2, greedy after
+    assert played("null")[1] < 1.0                          # without the limit every ply is sampled
