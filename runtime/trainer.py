@@ -75,6 +75,23 @@ def check_resume_overrides(stored: dict[str, Any], current: dict[str, Any], over
                         + ". Drop those overrides to resume, or start a new run", key="resume")
 
 
+def claim_run_dir(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... if another run holds it, claimed atomically.
+
+    Two runs started in the same second with the same seed get the same timestamped
+    folder from Hydra; without a claim they would write one interleaved metrics file.
+    """
+    candidate, number = path, 1
+    while True:
+        candidate.mkdir(parents=True, exist_ok=True)
+        try:
+            (candidate / ".claimed").open("x").close()
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = path.with_name(f"{path.name}-{number}")
+
+
 class Trainer:
     """Builds env and agent from the config, runs ``train_iteration`` until the budget is spent."""
 
@@ -211,7 +228,10 @@ class Trainer:
         """Train until the budget is spent; returns the final evaluation."""
         self.build()
         s = self.settings
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume_data is None:
+            self.run_dir = claim_run_dir(self.run_dir)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         config_dict = OmegaConf.to_container(self.cfg, resolve=True)
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         jsonl = JsonlWriter(self.run_dir / "metrics.jsonl",

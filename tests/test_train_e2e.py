@@ -147,3 +147,15 @@ def test_board_game_training_and_match_evaluation(tmp_path):
     assert perfect["wins"] + perfect["draws"] + perfect["losses"] == 4
     result = run_cli("eval.py", f"checkpoint={run_dir}", "opponent=perfekt")
     assert result.returncode == 2 and "perfect" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    """Hydra names a run's folder by the second it started and its seed; a second run
+    started in that second must not write into the first one's folder."""
+    from runtime.trainer import claim_run_dir
+
+    folder = tmp_path / "20261129-191922_s0"
+    first, second, third = (claim_run_dir(folder) for _ in range(3))
+    assert first == folder
+    assert second.name == "20261129-191922_s0-2" and third.name == "20261129-191922_s0-3"
+    assert all(p.is_dir() for p in (first, second, third))
