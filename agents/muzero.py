@@ -555,7 +555,7 @@ class MuZero(Agent):
         obs, legal, to_play = game.observation(), game.legal_mask(), game.to_play()
         result = self.search(obs, "play", legal, temperature=self.visit_temperature())
         actions = result.selected_action.astype(np.int64)
-        if self.cfg.temperature_moves is not None and self.cfg.algorithm == "puct":
+        if self.cfg.temperature_moves is not None:          # (Gumbel's greedy move is its selected action)
             late = game.num_moves() >= self.cfg.temperature_moves
             actions = np.where(late, self._greedy(result), actions)
         actions = np.where(legal[np.arange(len(actions)), actions], actions, legal.argmax(axis=1))

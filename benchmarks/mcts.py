@@ -72,18 +72,19 @@ def bench_ours(B: int, S: int, A: int, min_time: float, algorithm: str = "puct",
     M = B * leaves_per_step
     output = mcts.ModelOutput(np.zeros(M, np.float32), rng.uniform(-1, 1, M).astype(np.float32),
                               rng.normal(size=(M, A)).astype(np.float32))
-    root_logits = rng.normal(size=(B, A)).astype(np.float32)
-    root_value = np.zeros(B, np.float32)
+    return B * S / time_search(forest, rng.normal(size=(B, A)).astype(np.float32), lambda leaves: output, min_time)
 
-    def model_fn(leaves: mcts.LeafBatch) -> mcts.ModelOutput:
-        return output
+
+def time_search(forest: "mcts.Forest", root_logits: np.ndarray, model_fn: Callable, min_time: float) -> float:
+    """Seconds per whole search of ``forest`` (roots set, simulations run, root statistics read)."""
+    root_value = np.zeros(len(root_logits), np.float32)
 
     def run() -> None:
         forest.set_roots(root_logits, root_value)
         forest.run(model_fn)
         forest.results()
 
-    return B * S / timeit(run, min_time)
+    return timeit(run, min_time)
 
 
 def bench_ours_network(S: int, A: int, min_time: float, leaves_per_step: int, width: int = 256) -> float:
@@ -105,14 +106,7 @@ def bench_ours_network(S: int, A: int, min_time: float, leaves_per_step: int, wi
         out = net(latent[torch.from_numpy(leaves.parent_node.astype(np.int64))]).numpy()
         return mcts.ModelOutput(np.zeros(len(out), np.float32), np.tanh(out[:, 0]), out[:, 1:])
 
-    root_logits = np.zeros((1, A), np.float32)
-    root_value = np.zeros(1, np.float32)
-
-    def run() -> None:
-        forest.set_roots(root_logits, root_value)
-        forest.run(model_fn)
-
-    return S / timeit(run, min_time)
+    return S / time_search(forest, np.zeros((1, A), np.float32), model_fn, min_time)
 
 
 # ---------------------------------------------------------------- mctx
