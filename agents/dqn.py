@@ -170,6 +170,7 @@ class DQN(ReplayAgent):
         self.q_target = QNetwork(spec, cfg).to(device)
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
+        self._target_stale = False   # True: q_target lags q by updates that a shared target skipped copying
         # Image networks: the fused CPU Adam kernel (one pass over all parameters) takes ~1 ms per step
         # for the Nature CNN where the per-tensor loop takes ~9 ms; vector networks keep the default.
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps,
@@ -274,7 +275,9 @@ class DQN(ReplayAgent):
             if cfg.prioritized:
                 self.replay.update_priorities(batch.indices, td.cpu().numpy())
             self.grad_steps += 1
-            if self.grad_steps % cfg.target_update_interval == 0 or cfg.tau < 1.0:
+            if shared_target:   # the next update reads the online network; copy only when the target is read
+                self._target_stale = True
+            elif self.grad_steps % cfg.target_update_interval == 0 or cfg.tau < 1.0:
                 self.sync_target()
             losses.append(loss.detach())
             q_means.append(q.detach().mean())
@@ -286,11 +289,13 @@ class DQN(ReplayAgent):
     @torch.no_grad()
     def sync_target(self) -> None:
         """Polyak-average (or copy, tau = 1) the online weights into the target network."""
-        for target, online in zip(self.q_target.parameters(), self.q.parameters()):
-            target.lerp_(online, self.cfg.tau)
+        torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.tau)
+        self._target_stale = False
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, include_replay: bool = True) -> dict[str, Any]:
+        if self._target_stale:
+            self.sync_target()
         return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "augment": self.augment.state_dict(),
                 **self.loop_state(include_replay)}
@@ -298,6 +303,7 @@ class DQN(ReplayAgent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.q.load_state_dict(state["q"])
         self.q_target.load_state_dict(state["q_target"])
+        self._target_stale = False
         self.optimizer.load_state_dict(state["optimizer"])
         if "augment" in state:
             self.augment.load_state_dict(state["augment"])

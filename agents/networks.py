@@ -36,7 +36,9 @@ class ConvTorso(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x.float() / self.scale))
+        # A dtype conversion already makes a new tensor: scale that one in place.
+        x = x / self.scale if x.dtype == torch.float32 else x.float().div_(self.scale)
+        return self.fc(self.conv(x))
 
 
 class NatureCNN(ConvTorso):

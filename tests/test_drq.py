@@ -211,6 +211,27 @@ def test_state_round_trip_continues_learning_exactly():
         assert torch.equal(pa, pb)
 
 
+def test_shared_target_is_copied_when_read_and_a_periodic_target_lags():
+    """A target synced after every update is only copied when a checkpoint reads it; it then equals
+    the online network. A target synced every 2 updates lags by one update in between."""
+    shared = DrQ(tiny_drq_config(gradient_steps=1, target_update_interval=1), atari_like_spec(),
+                 torch.device("cpu"), seed=2)
+    fill_replay(shared)
+    shared.learn()
+    shared.learn()
+    state = shared.state_dict()
+    assert all(torch.equal(state["q_target"][k], v) for k, v in state["q"].items())
+    periodic = DrQ(tiny_drq_config(gradient_steps=1, target_update_interval=2), atari_like_spec(),
+                   torch.device("cpu"), seed=2)
+    fill_replay(periodic)
+    periodic.learn()
+    lagging = periodic.state_dict()
+    assert not all(torch.equal(lagging["q_target"][k], v) for k, v in lagging["q"].items())
+    periodic.learn()
+    synced = periodic.state_dict()
+    assert all(torch.equal(synced["q_target"][k], v) for k, v in synced["q"].items())
+
+
 def test_drq_without_augmentation_is_dqn():
     """Augmentation none and K = M = 1: the same parameters as DQN after the same updates."""
     fields = {f.name for f in dataclasses.fields(DQNConfig)}
