@@ -213,7 +213,8 @@ def test_state_round_trip_continues_learning_exactly():
 
 def test_shared_target_is_copied_when_read_and_a_periodic_target_lags():
     """A target synced after every update is only copied when a checkpoint reads it; it then equals
-    the online network. A target synced every 2 updates lags by one update in between."""
+    the online network. A target synced every 2 updates lags by one update in between; a Polyak
+    target (tau < 1) moves a fraction tau of the way after each update."""
     shared = DrQ(tiny_drq_config(gradient_steps=1, target_update_interval=1), atari_like_spec(),
                  torch.device("cpu"), seed=2)
     fill_replay(shared)
@@ -230,6 +231,16 @@ def test_shared_target_is_copied_when_read_and_a_periodic_target_lags():
     periodic.learn()
     synced = periodic.state_dict()
     assert all(torch.equal(synced["q_target"][k], v) for k, v in synced["q"].items())
+    # Polyak averaging (tau < 1) moves the target part of the way after every update.
+    polyak = DrQ(tiny_drq_config(gradient_steps=1, tau=0.25), atari_like_spec(), torch.device("cpu"), seed=2)
+    fill_replay(polyak)
+    before = {k: v.clone() for k, v in polyak.q_target.state_dict().items()}
+    polyak.learn()
+    online, target = polyak.q.state_dict(), polyak.q_target.state_dict()
+    for k, v in before.items():
+        if v.is_floating_point():
+            assert torch.allclose(target[k], v + 0.25 * (online[k] - v), atol=1e-6)
+    assert not all(torch.equal(target[k], online[k]) for k in online)
 
 
 def test_drq_without_augmentation_is_dqn():
