@@ -170,7 +170,6 @@ class DQN(ReplayAgent):
         self.q_target = QNetwork(spec, cfg).to(device)
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
-        self._target_stale = False   # True: q_target lags q by updates that a shared target skipped copying
         # Image networks: the fused CPU Adam kernel (one pass over all parameters) takes ~1 ms per step
         # for the Nature CNN where the per-tensor loop takes ~9 ms; vector networks keep the default.
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps,
@@ -202,6 +201,13 @@ class DQN(ReplayAgent):
     @property
     def q_average(self) -> str:
         return str(getattr(self.cfg, "q_average", "loss"))
+
+    @property
+    def shares_target(self) -> bool:
+        """A target synced (copied) after every update equals the online network at the next one:
+        one forward pass serves both, and the copy is made only when a checkpoint reads the target."""
+        cfg = self.cfg
+        return cfg.double and cfg.tau == 1.0 and cfg.target_update_interval == 1
 
     # ----------------------------------------------------------------- acting
     def epsilon(self) -> float:
@@ -256,8 +262,7 @@ class DQN(ReplayAgent):
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         losses, q_means = [], []
-        # A target synced (copied) after every update equals the online network at the next one.
-        shared_target = cfg.double and cfg.tau == 1.0 and cfg.target_update_interval == 1
+        shared_target = self.shares_target
         for _ in range(cfg.gradient_steps):
             batch = self.replay.sample(cfg.batch_size)
             reward = batch.reward
@@ -275,9 +280,7 @@ class DQN(ReplayAgent):
             if cfg.prioritized:
                 self.replay.update_priorities(batch.indices, td.cpu().numpy())
             self.grad_steps += 1
-            if shared_target:   # the next update reads the online network; copy only when the target is read
-                self._target_stale = True
-            elif self.grad_steps % cfg.target_update_interval == 0 or cfg.tau < 1.0:
+            if not shared_target and (self.grad_steps % cfg.target_update_interval == 0 or cfg.tau < 1.0):
                 self.sync_target()
             losses.append(loss.detach())
             q_means.append(q.detach().mean())
@@ -290,11 +293,10 @@ class DQN(ReplayAgent):
     def sync_target(self) -> None:
         """Polyak-average (or copy, tau = 1) the online weights into the target network."""
         torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.tau)
-        self._target_stale = False
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self, include_replay: bool = True) -> dict[str, Any]:
-        if self._target_stale:
+        if self.shares_target:   # the copy skipped after each update, made now that the target is read
             self.sync_target()
         return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "augment": self.augment.state_dict(),
@@ -303,7 +305,6 @@ class DQN(ReplayAgent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.q.load_state_dict(state["q"])
         self.q_target.load_state_dict(state["q_target"])
-        self._target_stale = False
         self.optimizer.load_state_dict(state["optimizer"])
         if "augment" in state:
             self.augment.load_state_dict(state["augment"])
