@@ -234,6 +234,11 @@ def main() -> None:
         flat = ours._torch_flat["obs"]
         fns["floor_gather"] = lambda b=batch, src=flat: torch.index_select(
             src, 0, torch.randint(0, ours.rows * NUM_ENVS, (2 * b * STACK,)))
+        # context: one contiguous copy of as many bytes as ours delivers (B x 7 frames) from a random place
+        # in the buffer: what memory bandwidth alone allows
+        span = batch * (STACK + 3)
+        fns["floor_memcpy"] = lambda n=span, src=flat, rng=np.random.default_rng(1): src[
+            (o := int(rng.integers(0, src.shape[0] - n))): o + n].clone()
         result = interleaved(fns, args.rounds, min_calls, budget)
         for name, seconds in result.items():
             figures[f"sample_ms_b{batch}_{name}"] = seconds * 1e3

@@ -1,4 +1,4 @@
-// CPU forest of B search trees: storage, input validation, thread pool and the
+// CPU forest of B search trees: storage, input validation and the
 // nanobind bindings. The per-tree algorithms live in arbor_tree.h (shared with
 // the CUDA kernels).
 #include <nanobind/nanobind.h>
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "arbor_tree.h"
+#include "pool.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -30,89 +31,6 @@ namespace arbor {
 // Raised when a tree needs more nodes than the forest was built with.
 struct NodeBudgetExceeded : std::runtime_error {
     using std::runtime_error::runtime_error;
-};
-
-// ---------------------------------------------------------------- thread pool
-// Persistent workers; run(n, f) calls f(begin, end) on contiguous, disjoint
-// ranges of [0, n), the calling thread taking the first. Trees never share
-// state, so results do not depend on the number of threads or on the split.
-// Workers spin briefly between jobs (a search issues two jobs per simulation
-// step, microseconds apart) and then sleep on a condition variable.
-class Pool {
-   public:
-    explicit Pool(int threads) : threads_(std::max(1, threads)) {
-        for (int w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { loop(w); });
-    }
-    ~Pool() {
-        {
-            std::lock_guard<std::mutex> lk(m_);
-            stop_.store(true);
-            generation_.fetch_add(1);
-        }
-        cv_.notify_all();
-        for (auto& th : workers_) th.join();
-    }
-    int threads() const { return threads_; }
-
-    void run(int n, const std::function<void(int, int)>& f, int min_per_thread = 8) {
-        int parts = std::min(threads_, n / std::max(1, min_per_thread));
-        if (parts <= 1) {
-            if (n > 0) f(0, n);
-            return;
-        }
-        {
-            std::lock_guard<std::mutex> lk(m_);
-            job_ = &f;
-            n_ = n;
-            parts_ = parts;
-            pending_.store(parts - 1);
-            generation_.fetch_add(1);
-        }
-        cv_.notify_all();
-        f(0, n / parts);
-        for (int spin = 0; spin < kSpin && pending_.load() != 0; ++spin) std::this_thread::yield();
-        if (pending_.load() != 0) {
-            std::unique_lock<std::mutex> lk(m_);
-            done_cv_.wait(lk, [this] { return pending_.load() == 0; });
-        }
-    }
-
-   private:
-    static constexpr int kSpin = 2000;
-    void loop(int w) {
-        uint64_t seen = 0;
-        for (;;) {
-            for (int spin = 0; spin < kSpin && generation_.load() == seen; ++spin) std::this_thread::yield();
-            const std::function<void(int, int)>* job;
-            int n, parts;
-            {
-                std::unique_lock<std::mutex> lk(m_);
-                cv_.wait(lk, [&] { return generation_.load() != seen; });
-                seen = generation_.load();
-                if (stop_.load()) return;
-                job = job_;
-                n = n_;
-                parts = parts_;
-            }
-            if (w < parts && job) {
-                int b0 = (int)((int64_t)n * w / parts), b1 = (int)((int64_t)n * (w + 1) / parts);
-                (*job)(b0, b1);
-                if (pending_.fetch_sub(1) == 1) {
-                    std::lock_guard<std::mutex> lk(m_);
-                    done_cv_.notify_one();
-                }
-            }
-        }
-    }
-    int threads_;
-    std::vector<std::thread> workers_;
-    std::mutex m_;
-    std::condition_variable cv_, done_cv_;
-    const std::function<void(int, int)>* job_ = nullptr;
-    int n_ = 0, parts_ = 0;
-    std::atomic<int> pending_{0};
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<bool> stop_{false};
 };
 
 // ---------------------------------------------------------------- input arrays

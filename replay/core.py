@@ -44,6 +44,11 @@ from . import fileformat
 from .spaces import leaf_spaces, space_from_json, space_to_json, storage_layout
 from .sumtree import SumTree
 
+try:  # the compiled window gather (csrc/gather.cpp); numpy.take does the same, slower, without it
+    from planners._core import gather_windows as _gather_windows_kernel  # type: ignore[attr-defined]
+except (ImportError, AttributeError):  # pragma: no cover - the package build always compiles it
+    _gather_windows_kernel = None
+
 HAS_TRANSITION = np.uint8(1)
 TERMINATED = np.uint8(2)
 TRUNCATED = np.uint8(4)
@@ -220,6 +225,9 @@ class ReplayBase:
         self._torch_flat = {name: torch.from_numpy(flat) for name, flat in self._flat.items()
                             if name.startswith("obs")}
         self._np_flat = {name: np.asarray(flat) for name, flat in self._flat.items()}
+        # Observation rows as opaque bytes (slots x row bytes) for the compiled window gather.
+        self._byte_rows = {name: flat.reshape(n, -1).view(np.uint8) for name, flat in self._np_flat.items()
+                           if name.startswith("obs")}
         self._row_nbytes = {key: int(np.prod(self._obs_row_shape[key], dtype=np.int64)) * self._obs_dtype[key].itemsize
                             for key in self._obs_leaves}
         self._on_cpu = self.device.type == "cpu"
@@ -571,6 +579,47 @@ class ReplayBase:
                 gathered = torch.from_numpy(np.take(self._np_flat[name], slots, axis=0))
             out[key] = gathered if self._on_cpu else gathered.to(self.device, non_blocking=True)
         return out[""] if self._single_obs else out
+
+    def _gather_windows(self, base: np.ndarray, start: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        """Windows of ``length`` consecutive stream rows, per observation leaf, as arrays ``(B, W * length) + row_shape``.
+
+        ``base`` (env base slots) has shape ``(B,)`` and ``start`` (first stream
+        row, any integer: taken modulo ``rows``) shape ``(B,)`` or ``(B, W)``;
+        window ``w`` of item ``b`` fills positions ``w * length ... (w + 1) *
+        length - 1``. The compiled kernel copies each window as at most two
+        ``memcpy`` runs (a stream is contiguous except where it wraps around),
+        over ``torch.get_num_threads()`` threads for large gathers.
+        """
+        start = np.ascontiguousarray(start % self.rows, dtype=np.int64)
+        base = np.ascontiguousarray(base, dtype=np.int64)
+        batch = base.shape[0]
+        per_item = (start.size // batch) * length
+        threads = torch.get_num_threads()
+        out = {}
+        for key in self._obs_leaves:
+            name = self._obs_name(key)
+            arr = np.empty((batch, per_item) + self._obs_row_shape[key], dtype=self._obs_dtype[key])
+            if _gather_windows_kernel is not None:
+                _gather_windows_kernel(self._byte_rows[name], base, start.reshape(-1), length, self.rows,
+                                       arr.reshape(start.size * length, -1).view(np.uint8), threads)
+            else:  # without the compiled core (tests cover it by switching the kernel off)
+                slots = (start.reshape(batch, -1, 1) + np.arange(length)) % self.rows + base.reshape(-1, 1, 1)
+                np.take(self._np_flat[name], slots.reshape(batch, per_item), axis=0, out=arr)
+            out[key] = arr
+        return out
+
+    def _to_tensors(self, arrays: dict[str, np.ndarray], *parts: slice | int) -> list[torch.Tensor | dict[str, torch.Tensor]]:
+        """``arrays[key][:, part]`` for each part as tensors (views of one buffer on the CPU; moved once otherwise)."""
+        results: list[dict[str, torch.Tensor]] = [{} for _ in parts]
+        for key, arr in arrays.items():
+            if self._on_cpu:
+                for res, part in zip(results, parts):
+                    res[key] = torch.from_numpy(arr[:, part])
+            else:
+                whole = torch.from_numpy(arr).to(self.device, non_blocking=True)
+                for res, part in zip(results, parts):
+                    res[key] = whole[:, part]
+        return [res[""] if self._single_obs else res for res in results]
 
     def _gather_obs(self, row: np.ndarray, base: np.ndarray) -> torch.Tensor | dict[str, torch.Tensor]:
         """Observations (stacks rebuilt) at stream rows ``row`` (any shape) of the envs at ``base``."""

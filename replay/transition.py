@@ -86,19 +86,19 @@ class TransitionReplay(ReplayBase):
     def sample(self, batch_size: int) -> TransitionBatch:
         """Sample ``batch_size`` transitions (uniform, or proportional to priority) with n-step targets.
 
-        ``obs`` and ``next_obs`` are gathered with one ``index_select`` and may be
-        (non-contiguous) views of the same tensor: treat them as read-only.
+        ``obs`` and ``next_obs`` are gathered by one call of the compiled window
+        gather and may be (non-contiguous) views of the same tensor: treat them
+        as read-only.
         """
         slot, row, base = self._draw(batch_size)
         n, rows, k = self.n_step, self.rows, self._stack
-        base_col = base[:, None]
         steps: int | np.ndarray = n
         if n == 1:
             flags = self._flags[slot]
             reward = self._flat["reward"][slot]
             discount = np.where(flags & TERMINATED, np.float32(0.0), np.float32(self.gamma))
         else:
-            window = (row[:, None] + self._nstep_offsets) % rows + base_col
+            window = (row[:, None] + self._nstep_offsets) % rows + base[:, None]
             flags = self._flags[window]
             done = (flags & (TERMINATED | TRUNCATED)) != 0
             if not done.any():  # fast path: every window runs the full n steps
@@ -113,16 +113,14 @@ class TransitionReplay(ReplayBase):
                 discount = np.where(last_terminated, np.float32(0.0), self._gamma_pow32[steps])
         if self.frame_stack and isinstance(steps, int) and n < k:
             # One window of k + n rows holds both stacks (they overlap by k - n frames).
-            frames = self._gather_rows((row[:, None] + self._window) % rows + base_col)
-            obs, next_obs = _split(frames, slice(0, k)), _split(frames, slice(n, n + k))
+            frames = self._gather_windows(base, row + (1 - k), k + n)
+            obs, next_obs = self._to_tensors(frames, slice(0, k), slice(n, n + k))
         else:
-            start = row[:, None] + self._stack_offsets
-            end = start + (steps if isinstance(steps, int) else steps[:, None])
-            frames = self._gather_rows(np.concatenate([start, end], axis=1) % rows + base_col)
-            if self.frame_stack:
-                obs, next_obs = _split(frames, slice(0, k)), _split(frames, slice(k, 2 * k))
-            else:
-                obs, next_obs = _split(frames, 0), _split(frames, 1)
+            # Two windows of k rows: the stack ending at the row and the one ending `steps` rows later.
+            first = row + (1 - k)
+            frames = self._gather_windows(base, np.stack([first, first + steps], axis=1), k)
+            parts = (slice(0, k), slice(k, 2 * k)) if self.frame_stack else (0, 1)
+            obs, next_obs = self._to_tensors(frames, *parts)
         action = self._flat["action"][slot]
         if self._discrete_action:
             action = action.astype(np.int64)
@@ -131,10 +129,3 @@ class TransitionReplay(ReplayBase):
             action, reward, discount = (x.to(self.device, non_blocking=True) for x in (action, reward, discount))
         return TransitionBatch(obs=obs, action=action, reward=reward, next_obs=next_obs, discount=discount,
                                weights=self._importance_weights(slot), indices=self._row_id[slot])
-
-
-def _split(frames: Obs, index: slice | int) -> Obs:
-    """``frames[:, index]`` for a tensor or each tensor of a dict."""
-    if isinstance(frames, dict):
-        return {key: value[:, index] for key, value in frames.items()}
-    return frames[:, index]

@@ -1,0 +1,99 @@
+// Persistent thread pool shared by the search forest and the replay gather.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace arbor {
+
+// ---------------------------------------------------------------- thread pool
+// Persistent workers; run(n, f) calls f(begin, end) on contiguous, disjoint
+// ranges of [0, n), the calling thread taking the first. Trees never share
+// state, so results do not depend on the number of threads or on the split.
+// Workers spin briefly between jobs (a search issues two jobs per simulation
+// step, microseconds apart) and then sleep on a condition variable.
+class Pool {
+   public:
+    // spin: how many times an idle worker yields before sleeping (0: sleep at once).
+    explicit Pool(int threads, int spin = 2000) : threads_(std::max(1, threads)), spin_(std::max(0, spin)) {
+        for (int w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { loop(w); });
+    }
+    ~Pool() {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            stop_.store(true);
+            generation_.fetch_add(1);
+        }
+        cv_.notify_all();
+        for (auto& th : workers_) th.join();
+    }
+    int threads() const { return threads_; }
+
+    void run(int n, const std::function<void(int, int)>& f, int min_per_thread = 8) {
+        int parts = std::min(threads_, n / std::max(1, min_per_thread));
+        if (parts <= 1) {
+            if (n > 0) f(0, n);
+            return;
+        }
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            job_ = &f;
+            n_ = n;
+            parts_ = parts;
+            pending_.store(parts - 1);
+            generation_.fetch_add(1);
+        }
+        cv_.notify_all();
+        f(0, n / parts);
+        for (int spin = 0; spin < spin_ && pending_.load() != 0; ++spin) std::this_thread::yield();
+        if (pending_.load() != 0) {
+            std::unique_lock<std::mutex> lk(m_);
+            done_cv_.wait(lk, [this] { return pending_.load() == 0; });
+        }
+    }
+
+   private:
+    void loop(int w) {
+        uint64_t seen = 0;
+        for (;;) {
+            for (int spin = 0; spin < spin_ && generation_.load() == seen; ++spin) std::this_thread::yield();
+            const std::function<void(int, int)>* job;
+            int n, parts;
+            {
+                std::unique_lock<std::mutex> lk(m_);
+                cv_.wait(lk, [&] { return generation_.load() != seen; });
+                seen = generation_.load();
+                if (stop_.load()) return;
+                job = job_;
+                n = n_;
+                parts = parts_;
+            }
+            if (w < parts && job) {
+                int b0 = (int)((int64_t)n * w / parts), b1 = (int)((int64_t)n * (w + 1) / parts);
+                (*job)(b0, b1);
+                if (pending_.fetch_sub(1) == 1) {
+                    std::lock_guard<std::mutex> lk(m_);
+                    done_cv_.notify_one();
+                }
+            }
+        }
+    }
+    int threads_;
+    int spin_;
+    std::vector<std::thread> workers_;
+    std::mutex m_;
+    std::condition_variable cv_, done_cv_;
+    const std::function<void(int, int)>* job_ = nullptr;
+    int n_ = 0, parts_ = 0;
+    std::atomic<int> pending_{0};
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<bool> stop_{false};
+};
+
+}  // namespace arbor
