@@ -1,4 +1,4 @@
-// Python bindings of the compiled core: the batched search forest and the replay gather kernel.
+// Python bindings of the compiled core: the batched search forest and the replay kernels.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/pair.h>
@@ -7,10 +7,10 @@
 namespace nb = nanobind;
 
 void register_forest(nb::module_& m);
-void register_gather(nb::module_& m);
+void register_replay(nb::module_& m);
 
 NB_MODULE(_core, m) {
-    m.doc() = "Batched Monte Carlo tree search core (C++), used through planners.mcts, and the replay gather kernel used by replay/.";
+    m.doc() = "Batched Monte Carlo tree search core (C++), used through planners.mcts, and the replay kernels (window gather, one-step add) used by replay/.";
     m.def("source_fingerprint", []() { return std::string(ARBOR_SOURCE_FINGERPRINT); },
           "SHA-256 over the csrc/ sources this module was compiled from.");
     m.def("cuda_enabled", []() {
@@ -21,5 +21,5 @@ NB_MODULE(_core, m) {
 #endif
     }, "Whether this build compiled the CUDA kernels (csrc/arbor_kernels.cu).");
     register_forest(m);
-    register_gather(m);
+    register_replay(m);
 }

@@ -44,10 +44,11 @@ from . import fileformat
 from .spaces import leaf_spaces, space_from_json, space_to_json, storage_layout
 from .sumtree import SumTree
 
-try:  # the compiled window gather (csrc/gather.cpp); numpy.take does the same, slower, without it
+try:  # the compiled replay kernels (csrc/replay.cpp); the numpy code below does the same, slower, without them
+    from planners._core import add_step as _add_step_kernel  # type: ignore[attr-defined]
     from planners._core import gather_windows as _gather_windows_kernel  # type: ignore[attr-defined]
-except (ImportError, AttributeError):  # pragma: no cover - the package build always compiles it
-    _gather_windows_kernel = None
+except (ImportError, AttributeError):  # pragma: no cover - the package build always compiles them
+    _gather_windows_kernel = _add_step_kernel = None
 
 HAS_TRANSITION = np.uint8(1)
 TERMINATED = np.uint8(2)
@@ -166,11 +167,18 @@ class ReplayBase:
         self._action_shape, self._action_dtype = storage_layout(action_space)
         self._discrete_action = isinstance(action_space, gym.spaces.Discrete)
         self._single_obs = not isinstance(observation_space, gym.spaces.Dict)
+        # The compiled add serves single-array observations (dicts take the numpy path).
+        self._fast_add = _add_step_kernel is not None and self._single_obs
         self._obs_full_shape = {k: (self.num_envs,) + s for k, s in self._obs_item_shape.items()}
         self._action_full_shape = (self.num_envs,) + self._action_shape
+        self._action_low = self._action_high = 0
         if self._discrete_action:
             self._action_low = int(action_space.start)
             self._action_high = int(action_space.start) + int(action_space.n) - 1
+        # Arguments of the compiled add for the action form not in use.
+        self._no_action_bytes = np.empty((0, int(np.prod(self._action_shape, dtype=np.int64)) * self._action_dtype.itemsize),
+                                         dtype=np.uint8)
+        self._no_action_index = np.empty(0, dtype=np.int64)
         self._extras_spec: dict[str, tuple[tuple[int, ...], np.dtype]] = {
             str(k): (tuple(int(d) for d in shape), np.dtype(dtype)) for k, (shape, dtype) in (extras or {}).items()}
 
@@ -227,7 +235,7 @@ class ReplayBase:
         self._np_flat = {name: np.asarray(flat) for name, flat in self._flat.items()}
         # Observation rows as opaque bytes (slots x row bytes) for the compiled window gather.
         self._byte_rows = {name: flat.reshape(n, -1).view(np.uint8) for name, flat in self._np_flat.items()
-                           if name.startswith("obs")}
+                           if name.startswith("obs") or name == "action"}
         self._row_nbytes = {key: int(np.prod(self._obs_row_shape[key], dtype=np.int64)) * self._obs_dtype[key].itemsize
                             for key in self._obs_leaves}
         self._on_cpu = self.device.type == "cpu"
@@ -269,6 +277,10 @@ class ReplayBase:
         Every input is validated before anything is written, so a bad call leaves
         the buffer unchanged.
         """
+        if self._fast_add and extras is None and _add_step_kernel is not None:
+            ids = self._add_fast(obs, action, reward, next_obs, terminated, truncated)
+            if ids is not None:
+                return ids
         n_env, rows, k = self.num_envs, self.rows, self._stack
         obs_d = self._check_obs(obs, "obs")
         next_d = self._check_obs(next_obs, "next_obs")
@@ -286,6 +298,8 @@ class ReplayBase:
         any_start = bool(starting.any())
         if any_start:
             self._start_episodes(np.flatnonzero(starting), obs_d)
+        if self._fast_add and _add_step_kernel is not None:
+            return self._add_compiled(next_d[""], action, reward, terminated, truncated, extra_d)  # type: ignore[return-value]
 
         head = self._head
         head_slot = env_base + head % rows
@@ -335,6 +349,60 @@ class ReplayBase:
         else:
             self._head = written.copy()
 
+        if self._tree is not None:
+            new_priority = np.full(n_env, self._max_priority ** self.alpha)
+            self._tree.update(np.concatenate([next_slot, head_slot]), np.concatenate([np.zeros(n_env), new_priority]))
+        return ids
+
+    def _add_fast(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any,
+                  truncated: Any) -> np.ndarray | None:
+        """The usual step (numpy arrays of the stored shapes and dtypes, or any numeric reward and integer
+        discrete actions; every env mid-episode) in one compiled call; ``None`` when anything differs, and the
+        general path then validates and writes."""
+        full, dtype, n_env = self._obs_full_shape[""], self._obs_dtype[""], self.num_envs
+        if not (type(obs) is np.ndarray and type(next_obs) is np.ndarray and type(action) is np.ndarray
+                and type(reward) is np.ndarray and type(terminated) is np.ndarray and type(truncated) is np.ndarray):
+            return None
+        if (obs.shape != full or next_obs.shape != full or obs.dtype != dtype or next_obs.dtype != dtype
+                or reward.dtype.kind not in "fiub" or reward.shape != (n_env,)
+                or terminated.dtype != np.bool_ or truncated.dtype != np.bool_
+                or terminated.shape != (n_env,) or truncated.shape != (n_env,)):
+            return None
+        if self._discrete_action:
+            if action.dtype.kind not in "iu" or action.shape != (n_env,):
+                return None
+        elif action.dtype != self._action_dtype or action.shape != self._action_full_shape:
+            return None
+        return self._add_compiled(next_obs, action, reward, terminated.view(np.uint8), truncated.view(np.uint8), {})
+
+    def _add_compiled(self, next_obs: np.ndarray, action: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
+                      truncated: np.ndarray, extra_d: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The rest of ``_add_rows`` in one call of the compiled ``add_step`` (csrc/replay.cpp), same result;
+        ``None`` (nothing written) if some env still needs its episode started."""
+        n_env, rows = self.num_envs, self.rows
+        keep_slots = self._tree is not None or bool(self._extras_spec)
+        if keep_slots:
+            head_slot = self._env_base + self._head % rows
+            next_slot = self._env_base + self._written % rows
+        next_bytes = np.ascontiguousarray(next_obs, dtype=self._obs_dtype[""]).reshape(n_env, -1).view(np.uint8)
+        if self._discrete_action:
+            action_bytes, action_index = self._no_action_bytes, np.ascontiguousarray(action, dtype=np.int64)
+        else:
+            action_bytes = np.ascontiguousarray(action, dtype=self._action_dtype).reshape(n_env, -1).view(np.uint8)
+            action_index = self._no_action_index
+        ids = np.empty(n_env, dtype=np.int64)
+        removed, max_written = _add_step_kernel(
+            self._byte_rows["obs"], next_bytes, next_bytes.shape[1] - self._row_nbytes[""], self._byte_rows["action"],
+            action_bytes, action_index, self._action_low, self._action_high, self._flat["reward"],
+            np.ascontiguousarray(reward, dtype=np.float32), terminated, truncated, self._flags, self._sampleable,
+            self._row_id, self._written, self._head, self._ep_start, ids, rows, self._stack, self._lookahead,
+            self._max_written)
+        if removed < 0:
+            return None
+        self._max_written = max_written
+        self._num_transitions += n_env - removed
+        for name in self._extras_spec:  # extras not given this step are stored as zeros, not stale data
+            self._flat["extra." + name][head_slot] = extra_d.get(name, 0)
         if self._tree is not None:
             new_priority = np.full(n_env, self._max_priority ** self.alpha)
             self._tree.update(np.concatenate([next_slot, head_slot]), np.concatenate([np.zeros(n_env), new_priority]))

@@ -505,3 +505,49 @@ def test_numpy_gather_without_the_compiled_kernel_gives_the_same_batches(monkeyp
     compiled = a.sample(48)
     monkeypatch.setattr(replay.core, "_gather_windows_kernel", None)
     assert_batches_equal(compiled, b.sample(48))
+
+
+@pytest.mark.parametrize("kind", ["stacked", "vector", "prioritized", "sequence"])
+def test_compiled_add_writes_exactly_what_the_numpy_add_writes(monkeypatch, kind):
+    """Every array of the buffer (storage, pointers, priorities) matches after the same adds with and without
+    the compiled add, across episode ends and wrap-around."""
+    import replay.core
+
+    def build():
+        if kind == "sequence":
+            return SequenceReplay(120, gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(4), 3, unroll_steps=3,
+                                  n_step=2, extras={"policy": ((4,), np.float32)}, prioritized=True, seed=0)
+        if kind == "vector":
+            return make_atari(capacity=120, frame_stack=0, observation_space=gym.spaces.Box(-1, 1, (6,), np.float32))
+        return make_atari(capacity=120, prioritized=kind == "prioritized")
+
+    def feed(buf):
+        rng = np.random.default_rng(5)
+        n = buf.num_envs
+        for t in range(200):
+            if kind == "stacked" or kind == "prioritized":
+                obs = rng.integers(0, 256, (n, 4, 8, 8), dtype=np.uint8)
+                nxt = rng.integers(0, 256, (n, 4, 8, 8), dtype=np.uint8)
+            else:
+                shape = (n,) + buf.observation_space.shape
+                obs, nxt = rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
+            act = rng.integers(0, buf.action_space.n, n)
+            rew, term, trunc = rng.normal(size=n).astype(np.float32), rng.random(n) < 0.08, rng.random(n) < 0.04
+            if kind == "vector":  # what vector envs hand over: float64 rewards; and int32 actions
+                rew, act = rew.astype(np.float64), act.astype(np.int32)
+            if kind == "sequence":
+                buf.add(obs, act, rew, nxt, term, trunc, extras={"policy": rng.random((n, 4), dtype=np.float32)})
+            else:
+                ids = buf.add(obs, act, rew, nxt, term, trunc)
+                if kind == "prioritized" and t % 7 == 0:
+                    buf.update_priorities(ids, rng.random(n) + 0.1)
+        return buf
+
+    compiled = feed(build())
+    monkeypatch.setattr(replay.core, "_add_step_kernel", None)
+    numpy_add = feed(build())
+    a, b = compiled.state_dict(), numpy_add.state_dict()
+    assert a["arrays"].keys() == b["arrays"].keys()
+    for key in a["arrays"]:
+        assert torch.equal(a["arrays"][key], b["arrays"][key]), key
+    assert len(compiled) == len(numpy_add) and compiled._max_written == numpy_add._max_written
