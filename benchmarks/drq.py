@@ -138,14 +138,16 @@ def throughput(args) -> dict:
     torch.set_num_threads(args.threads)
     rows: dict[str, list[dict]] = {"ours_same_network": [], "sb3_dqn": [], "ours_drq_eps": []}
     loads = [load_average()]
+    runs = {"ours_same_network": lambda seed: ours_rate(args.game, args.warmup, args.measure, seed, dueling=False),
+            "sb3_dqn": lambda seed: sb3_rate(args.game, args.warmup, args.measure, seed),
+            "ours_drq_eps": lambda seed: ours_rate(args.game, args.warmup, args.measure, seed)}
+    order = list(runs)
     for r in range(args.rounds):
         seed = args.seed + r
-        rows["ours_same_network"].append(ours_rate(args.game, args.warmup, args.measure, seed, dueling=False))
-        loads.append(load_average())
-        rows["sb3_dqn"].append(sb3_rate(args.game, args.warmup, args.measure, seed))
-        loads.append(load_average())
-        rows["ours_drq_eps"].append(ours_rate(args.game, args.warmup, args.measure, seed))
-        loads.append(load_average())
+        # Rotate who goes first, so that any effect of the position within a round falls on each alike.
+        for name in order[r % 3:] + order[:r % 3]:
+            rows[name].append(runs[name](seed))
+            loads.append(load_average())
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]['steps_per_second']:.1f} steps/s wall, "
                                          f"{v[-1]['steps_per_cpu_second']:.1f} per CPU second" for k, v in rows.items())
               + f" (load {loads[-1]})", flush=True)
