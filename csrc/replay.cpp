@@ -95,8 +95,8 @@ static void gather_windows(nb::ndarray<const uint8_t, nb::ndim<2>, nb::c_contig,
     }
     std::lock_guard<std::mutex> lock(gather_mutex);
     if (gather_pool && gather_pool_pid != getpid()) (void)gather_pool.release();  // leak: its threads are gone
-    if (!gather_pool || gather_pool->threads() != (int)parts) {
-        gather_pool = std::make_unique<arbor::Pool>((int)parts, kGatherSpin);
+    if (!gather_pool || gather_pool->threads() != num_threads) {
+        gather_pool = std::make_unique<arbor::Pool>(num_threads, kGatherSpin);
         gather_pool_pid = getpid();
     }
     gather_pool->run((int)n, [&](int lo, int hi) { work(lo, hi); }, (int)(n / parts));
@@ -222,14 +222,18 @@ static nb::tuple add_step(Mat<uint8_t> obs_rows, Mat<const uint8_t> next_obs, in
 }
 
 void register_replay(nb::module_& m) {
-    m.def("gather_windows", &gather_windows, "src"_a, "base"_a, "start"_a, "length"_a, "rows"_a, "out"_a,
+    // Arrays the kernels write must be passed as they are (noconvert): an implicit
+    // contiguous or dtype-converted copy would take the writes and be thrown away.
+    m.def("gather_windows", &gather_windows, "src"_a, "base"_a, "start"_a, "length"_a, "rows"_a, "out"_a.noconvert(),
           "num_threads"_a = 1,
           "Copy window i = rows start[i] .. start[i] + length - 1 (mod rows) of the stream at slot base[i // W]\n"
           "of src (slots x row bytes), W = len(start) // len(base), into out rows i * length ...\n"
           "Used by replay/core.py.");
-    m.def("add_step", &add_step, "obs_rows"_a, "next_obs"_a, "frame_offset"_a, "action_rows"_a, "action"_a,
-          "action_index"_a, "action_low"_a, "action_high"_a, "reward_rows"_a, "reward"_a, "terminated"_a, "truncated"_a, "flags"_a, "sampleable"_a, "row_id"_a,
-          "written"_a, "head"_a, "ep_start"_a, "ids"_a, "rows"_a, "stack"_a, "lookahead"_a, "max_written"_a,
+    m.def("add_step", &add_step, "obs_rows"_a.noconvert(), "next_obs"_a, "frame_offset"_a,
+          "action_rows"_a.noconvert(), "action"_a, "action_index"_a, "action_low"_a, "action_high"_a,
+          "reward_rows"_a.noconvert(), "reward"_a, "terminated"_a, "truncated"_a, "flags"_a.noconvert(),
+          "sampleable"_a.noconvert(), "row_id"_a.noconvert(), "written"_a.noconvert(), "head"_a.noconvert(),
+          "ep_start"_a.noconvert(), "ids"_a.noconvert(), "rows"_a, "stack"_a, "lookahead"_a, "max_written"_a,
           "Write one vector-env step into the replay's streams (replay/core.py); returns\n"
           "(transitions overwritten, new maximum of written), or (-1, 0) and writes nothing when an env\n"
           "has no current row.");

@@ -551,3 +551,31 @@ def test_compiled_add_writes_exactly_what_the_numpy_add_writes(monkeypatch, kind
     for key in a["arrays"]:
         assert torch.equal(a["arrays"][key], b["arrays"][key]), key
     assert len(compiled) == len(numpy_add) and compiled._max_written == numpy_add._max_written
+
+
+def test_kernels_refuse_arrays_they_would_have_to_copy_to_write():
+    """A non-contiguous or wrongly typed output array raises instead of receiving the writes in a hidden copy."""
+    from planners._core import add_step, gather_windows
+
+    src = np.zeros((20, 16), np.uint8)
+    with pytest.raises(TypeError):
+        gather_windows(src, np.array([0], np.int64), np.array([0], np.int64), 2, 10, np.zeros((4, 16), np.uint8)[::2])
+    n_env, rows = 2, 10
+    arrays = dict(obs_rows=np.zeros((n_env * rows, 4), np.uint8), next_obs=np.ones((n_env, 4), np.uint8),
+                  frame_offset=0, action_rows=np.zeros((n_env * rows, 1), np.uint8),
+                  action=np.empty((0, 1), np.uint8), action_index=np.array([1, 2]), action_low=0, action_high=17,
+                  reward_rows=np.zeros(n_env * rows, np.float32), reward=np.zeros(n_env, np.float32),
+                  terminated=np.zeros(n_env, np.uint8), truncated=np.zeros(n_env, np.uint8),
+                  flags=np.zeros(n_env * rows, np.uint8), sampleable=np.zeros(n_env * rows, bool),
+                  row_id=np.zeros(n_env * rows, np.int64), written=np.array([1, 9, 1, 9], np.int64)[::2],
+                  head=np.zeros(n_env, np.int64), ep_start=np.zeros(n_env, np.int64), ids=np.empty(n_env, np.int64),
+                  rows=rows, stack=1, lookahead=1, max_written=1)
+    with pytest.raises(TypeError):
+        add_step(**arrays)
+    arrays["written"] = np.array([1, 1], np.int32)
+    with pytest.raises(TypeError):
+        add_step(**arrays)
+    arrays["written"] = np.array([1, 1], np.int64)
+    assert add_step(**arrays) == (0, 2)
+    np.testing.assert_array_equal(arrays["written"], [2, 2])
+    np.testing.assert_array_equal(arrays["ids"], [0, 1])
