@@ -206,7 +206,6 @@ class ReplayBase:
         self._max_written = 0  # python int mirror of written.max()
         self._env_ids = np.arange(self.num_envs, dtype=np.int64)
         self._env_base = self._env_ids * self.rows
-        self._window = np.arange(1 - self._stack, self.n_step + 1)  # stack + n-step rows around a start
         self._stack_offsets = np.arange(1 - self._stack, 1)
         self._nstep_offsets = np.arange(self.n_step)
         self._lookahead_offsets = np.arange(self._lookahead)
