@@ -167,8 +167,6 @@ class ReplayBase:
         self._action_shape, self._action_dtype = storage_layout(action_space)
         self._discrete_action = isinstance(action_space, gym.spaces.Discrete)
         self._single_obs = not isinstance(observation_space, gym.spaces.Dict)
-        # The compiled add serves single-array observations (dicts take the numpy path).
-        self._fast_add = _add_step_kernel is not None and self._single_obs
         self._obs_full_shape = {k: (self.num_envs,) + s for k, s in self._obs_item_shape.items()}
         self._action_full_shape = (self.num_envs,) + self._action_shape
         self._action_low = self._action_high = 0
@@ -232,7 +230,7 @@ class ReplayBase:
         self._torch_flat = {name: torch.from_numpy(flat) for name, flat in self._flat.items()
                             if name.startswith("obs")}
         self._np_flat = {name: np.asarray(flat) for name, flat in self._flat.items()}
-        # Observation rows as opaque bytes (slots x row bytes) for the compiled window gather.
+        # Observation and action rows as opaque bytes (slots x row bytes) for the compiled kernels.
         self._byte_rows = {name: flat.reshape(n, -1).view(np.uint8) for name, flat in self._np_flat.items()
                            if name.startswith("obs") or name == "action"}
         self._row_nbytes = {key: int(np.prod(self._obs_row_shape[key], dtype=np.int64)) * self._obs_dtype[key].itemsize
@@ -276,7 +274,8 @@ class ReplayBase:
         Every input is validated before anything is written, so a bad call leaves
         the buffer unchanged.
         """
-        if self._fast_add and extras is None and _add_step_kernel is not None:
+        compiled = _add_step_kernel is not None and self._single_obs  # dict observations take the numpy path
+        if compiled and extras is None:
             ids = self._add_fast(obs, action, reward, next_obs, terminated, truncated)
             if ids is not None:
                 return ids
@@ -297,7 +296,7 @@ class ReplayBase:
         any_start = bool(starting.any())
         if any_start:
             self._start_episodes(np.flatnonzero(starting), obs_d)
-        if self._fast_add and _add_step_kernel is not None:
+        if compiled:
             return self._add_compiled(next_d[""], action, reward, terminated, truncated, extra_d)  # type: ignore[return-value]
 
         head = self._head
@@ -305,8 +304,6 @@ class ReplayBase:
         self._flat["action"][head_slot] = action
         self._flat["reward"][head_slot] = reward
         flags[head_slot] = HAS_TRANSITION | (terminated << 1) | (truncated << 2)
-        for name in self._extras_spec:  # extras not given this step are stored as zeros, not stale data
-            self._flat["extra." + name][head_slot] = extra_d.get(name, 0)
 
         written = self._written
         next_slot = env_base + written % rows
@@ -347,10 +344,7 @@ class ReplayBase:
             self._head = head
         else:
             self._head = written.copy()
-
-        if self._tree is not None:
-            new_priority = np.full(n_env, self._max_priority ** self.alpha)
-            self._tree.update(np.concatenate([next_slot, head_slot]), np.concatenate([np.zeros(n_env), new_priority]))
+        self._write_extras_and_priorities(head_slot, next_slot, extra_d)
         return ids
 
     def _add_fast(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any,
@@ -400,12 +394,20 @@ class ReplayBase:
             return None
         self._max_written = max_written
         self._num_transitions += n_env - removed
+        if keep_slots:
+            self._write_extras_and_priorities(head_slot, next_slot, extra_d)
+        return ids
+
+    def _write_extras_and_priorities(self, head_slot: np.ndarray, next_slot: np.ndarray,
+                                     extra_d: dict[str, np.ndarray]) -> None:
+        """The step's extras at its rows (zeros where not given) and priorities: max for the new
+        transitions, zero for the rows holding the next observations."""
         for name in self._extras_spec:  # extras not given this step are stored as zeros, not stale data
             self._flat["extra." + name][head_slot] = extra_d.get(name, 0)
         if self._tree is not None:
+            n_env = self.num_envs
             new_priority = np.full(n_env, self._max_priority ** self.alpha)
             self._tree.update(np.concatenate([next_slot, head_slot]), np.concatenate([np.zeros(n_env), new_priority]))
-        return ids
 
     def _check_extras(self, extras: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
         if not self._extras_spec:
