@@ -413,6 +413,13 @@ class Forest {
                 for (int b = b0; b < b1; ++b) select_tree(t_, p_, b);
             });
         }
+        return publish_selection();
+    }
+
+    // After select_tree ran on every tree: fail (undoing the selection) if a
+    // tree ran out of nodes, else publish the leaves and return how many need
+    // a model evaluation.
+    int publish_selection() {
         int bad = -1;
         for (int b = 0; b < B_ && bad < 0; ++b)
             if (error_[b]) bad = b;
@@ -448,6 +455,14 @@ class Forest {
     void expand_and_backup(nb::handle reward, nb::handle value, nb::handle prior_logits, nb::handle legal_mask,
                            nb::handle terminal) {
         Guard g(this);
+        expand_backup_locked(reward, value, prior_logits, legal_mask, terminal, false);
+    }
+
+    // With then_select, each tree selects its next leaves right after its
+    // backup, in the same pool job (trees are independent, so this is the
+    // same as a separate select() afterwards, one thread hand-off cheaper).
+    void expand_backup_locked(nb::handle reward, nb::handle value, nb::handle prior_logits, nb::handle legal_mask,
+                              nb::handle terminal, bool then_select) {
         if (phase_ != PENDING) throw nb::value_error("expand_and_backup called without pending leaves (call select first)");
         const int64_t M = (int64_t)B_ * K_;
         bool any_eval = false;
@@ -520,6 +535,7 @@ class Forest {
                         backup_leaf(t_, p_, b, k);
                     }
                     step_leaves_[b] = 0;
+                    if (then_select) select_tree(t_, p_, b);
                 }
             });
         }
@@ -532,8 +548,13 @@ class Forest {
     // when the search has no simulations left (nothing selected).
     int expand_and_select(nb::handle reward, nb::handle value, nb::handle prior_logits, nb::handle legal_mask,
                           nb::handle terminal) {
-        expand_and_backup(reward, value, prior_logits, legal_mask, terminal);
-        return simulations_left() > 0 ? select() : -1;
+        Guard g(this);
+        // select_tree only spends simulations, backups never do: whether a
+        // selection follows is known before the backups.
+        bool more = phase_ == PENDING && simulations_left() > 0;
+        expand_backup_locked(reward, value, prior_logits, legal_mask, terminal, more);
+        if (!more) return -1;
+        return publish_selection();
     }
 
     int simulations_left() const {

@@ -25,6 +25,7 @@ import numpy as np
 MASK64 = 0xFFFFFFFFFFFFFFFF
 LEAF_NONE, LEAF_EXPAND, LEAF_TERMINAL, LEAF_DUPLICATE = 0, 1, 2, 3
 TINY = 2.2250738585072014e-308
+LOWEST = -1.7976931348623157e308  # a legal action's pUCT score is never below it (csrc: lowest())
 
 
 # ---------------------------------------------------------------- random streams
@@ -317,6 +318,8 @@ class ReferenceForest:
             if ci > 0:
                 value_score = value_score * float(cv) / (float(cv) + float(ci))
             s = pb_sqrt * prior[a] * (1.0 / (float(cv + ci) + 1.0)) + value_score
+            if not s > LOWEST:  # NaN or -inf (extreme inputs only): the lowest finite score
+                s = LOWEST
             if best < 0 or s > best_score:
                 best, best_score = a, s
         return best

@@ -1,6 +1,8 @@
 """The compiled core agrees bit for bit with the plain-Python oracle (planners.reference)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -40,7 +42,6 @@ def random_case(seed: int, algorithm: str, mode: str) -> dict:
 
 def run_both(case: dict, model_seed: int, reuse_rounds: int = 0):
     B, A, S, K = case["B"], case["A"], case["S"], case["K"]
-    from dataclasses import replace
     cfg = replace(case["config"], num_simulations=S, leaves_per_step=K, num_threads=case["threads"])
     max_nodes = (reuse_rounds + 1) * S + 1
     forest = mcts.Forest(B, A, cfg, max_nodes=max_nodes)
@@ -85,6 +86,44 @@ def test_subtree_reuse_matches_oracle(mode: str) -> None:
     for seed in range(25):
         case = random_case(77 + seed, "puct", mode)
         run_both(case, model_seed=500 + seed, reuse_rounds=2)
+
+
+@pytest.mark.parametrize("A", [17, 18])
+def test_core_matches_oracle_with_many_actions(A: int) -> None:
+    """Atari-sized action sets, odd and even (the compiled pUCT scores actions in pairs)."""
+    for seed in range(6):
+        case = random_case(31 + seed, "puct", "muzero")
+        case.update(A=A, S=60, K=1)
+        run_both(case, model_seed=900 + seed)
+
+
+class TinyValueModel(RandomModel):
+    """Values and rewards of about 1e-309 (subnormal): the tree's min-max range is so
+    small that 1 / (max - min) overflows, and pUCT scores come out inf or NaN."""
+
+    def rows(self, *args):
+        reward, value, logits, legal, terminal = super().rows(*args)
+        return reward * 1e-309, value * 1e-309, logits, legal, terminal
+
+
+def test_core_matches_oracle_when_scores_are_nan() -> None:
+    for seed in range(8):
+        case = random_case(5 + seed, "puct", "muzero")
+        case.update(K=1, S=30, dtype=np.float64, p_terminal=0.0)
+        case["config"] = replace(case["config"], known_bounds=None, dirichlet_fraction=0.0)
+        B, A, S = case["B"], case["A"], case["S"]
+        cfg = replace(case["config"], num_simulations=S, num_threads=case["threads"])
+        forest = mcts.Forest(B, A, cfg, max_nodes=S + 1)
+        ref = ReferenceForest(B, A, S + 1, **cfg.core_kwargs())
+        model = TinyValueModel(A, seed, p_illegal=case["p_illegal"])
+        logits, value, legal = root_inputs(B, A, seed, case["p_illegal"])
+        forest.seed(case["seed"])
+        ref.seed(case["seed"])
+        result = mcts.search(logits, value * 1e-309, model.core, cfg, legal_mask=legal, forest=forest)
+        ref.set_roots(logits, value * 1e-309, legal)
+        ref.run(model.oracle, S)
+        assert_same(result, ref.results(cfg.temperature), f"case={case}")
+        assert_same_trees(forest, ref, f"case={case}")
 
 
 def test_random_streams_match_python() -> None:
