@@ -114,6 +114,7 @@ class MuZeroConfig(AgentConfig):
     pb_c_base: float = 19652.0
     dirichlet_alpha: float = 0.25
     dirichlet_fraction: float = 0.25
+    unvisited_value: str = "zero"       # pUCT value of unvisited children: zero (paper) | parent (EfficientZero)
     max_num_considered_actions: int = 16
     gumbel_scale: float = 1.0
     value_scale: float = 0.1
@@ -150,7 +151,7 @@ class MuZeroConfig(AgentConfig):
 
     def validate(self) -> None:
         choices = {"torso": ("auto", "mlp", "conv"), "algorithm": ("puct", "gumbel"), "optimizer": ("adam", "sgd"),
-                   "value_bootstrap": ("search", "network")}
+                   "value_bootstrap": ("search", "network"), "unvisited_value": ("zero", "parent")}
         for key, options in choices.items():
             if getattr(self, key) not in options:
                 raise UserError(f"unknown value {getattr(self, key)!r}", choices=list(options), key=f"agent.{key}")
@@ -432,7 +433,7 @@ class MuZero(Agent):
             num_simulations=int(sims), discount=cfg.discount, pb_c_init=cfg.pb_c_init, pb_c_base=cfg.pb_c_base,
             dirichlet_alpha=cfg.dirichlet_alpha,
             dirichlet_fraction=0.0 if evaluation or cfg.algorithm == "gumbel" else cfg.dirichlet_fraction,
-            known_bounds=(-1.0, 1.0) if self.two_player else None,
+            known_bounds=(-1.0, 1.0) if self.two_player else None, unvisited_value=cfg.unvisited_value,
             max_num_considered_actions=min(cfg.max_num_considered_actions, self.num_actions),
             gumbel_scale=0.0 if evaluation else cfg.gumbel_scale, value_scale=cfg.value_scale,
             maxvisit_init=cfg.maxvisit_init)

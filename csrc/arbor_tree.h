@@ -54,6 +54,11 @@ struct Params {
     double maxvisit_init = 50.0;
     double rescale_epsilon = 1e-8;
     int32_t leaves_per_step = 1;
+    // pUCT value of an unvisited child: 0 (MuZero pseudocode) or, with
+    // unvisited_parent, the parent node's own value, normalised and clipped to
+    // [0, 1] like EfficientZero's and LightZero's trees (mctx also starts
+    // unvisited children from the parent's value).
+    int32_t unvisited_parent = 0;
 };
 
 // Raw pointers into the forest's storage. Node n of tree b lives at b*N + n;
@@ -420,15 +425,16 @@ ARBOR_HD inline int select_gumbel(const TreeView& t, const Params& p, int b, int
 // actions per SSE2 instruction (x86-64 only; elsewhere, and on the GPU, the
 // scalar loop in select_puct runs). The same IEEE operations in the same order
 // on each action give the same bits as the scalar loop: 1 / (n + 1) is the
-// value recip_of's table holds, a masked lane is +0.0 or -inf as there, and
+// value recip_of's table holds, a masked lane is `unvisited` or -inf as there, and
 // _mm_max_pd(s, lowest) is legal_score(s). No score is NaN, so the maximum
 // over the vector is the sequential one, and the first entry equal to it is the
 // scalar loop's pick. Without that loop's data-dependent branches the loads of
 // many trees' rows overlap: about 10% faster at B = 256. score[] is work space
 // of A doubles.
 inline int puct_argmax(const int32_t* ev, const double* eq, const double* prior, const uint8_t* legal, double shift,
-                       double inv_span, double pb_sqrt, double* score, int A) {
+                       double inv_span, double pb_sqrt, double unvisited, double* score, int A) {
     const __m128d vshift = _mm_set1_pd(shift), vinv = _mm_set1_pd(inv_span), vpb = _mm_set1_pd(pb_sqrt);
+    const __m128d vunvisited = _mm_set1_pd(unvisited);
     const __m128d one = _mm_set1_pd(1.0), ninf = _mm_set1_pd(neg_inf()), zero = _mm_setzero_pd();
     const __m128d vlow = _mm_set1_pd(lowest());
     __m128d vmax = ninf;
@@ -436,7 +442,8 @@ inline int puct_argmax(const int32_t* ev, const double* eq, const double* prior,
     for (; a + 2 <= A; a += 2) {
         __m128d n = _mm_cvtepi32_pd(_mm_loadl_epi64((const __m128i*)(ev + a)));
         __m128d visited = _mm_mul_pd(_mm_sub_pd(_mm_loadu_pd(eq + a), vshift), vinv);
-        __m128d value_score = _mm_and_pd(visited, _mm_cmpgt_pd(n, zero));
+        __m128d was_visited = _mm_cmpgt_pd(n, zero);
+        __m128d value_score = _mm_or_pd(_mm_and_pd(was_visited, visited), _mm_andnot_pd(was_visited, vunvisited));
         __m128d recip = _mm_div_pd(one, _mm_add_pd(n, one));
         __m128d s = _mm_add_pd(_mm_mul_pd(_mm_mul_pd(vpb, _mm_loadu_pd(prior + a)), recip), value_score);
         s = _mm_max_pd(s, vlow);
@@ -448,7 +455,7 @@ inline int puct_argmax(const int32_t* ev, const double* eq, const double* prior,
     double m = _mm_cvtsd_f64(_mm_max_sd(vmax, _mm_unpackhi_pd(vmax, vmax)));
     for (; a < A; ++a) {
         double visited = (eq[a] - shift) * inv_span;
-        double s = pb_sqrt * prior[a] * (1.0 / ((double)ev[a] + 1.0)) + (ev[a] > 0 ? visited : 0.0);
+        double s = pb_sqrt * prior[a] * (1.0 / ((double)ev[a] + 1.0)) + (ev[a] > 0 ? visited : unvisited);
         s = legal[a] ? legal_score(s) : neg_inf();
         score[a] = s;
         m = s > m ? s : m;
@@ -460,7 +467,9 @@ inline int puct_argmax(const int32_t* ev, const double* eq, const double* prior,
 #endif
 
 // pUCT at node n, MuZero pseudocode with tree-wide min-max normalisation:
-//   score(a) = (pb_c(N) * sqrt(N)) * P(a) * (1 / (n(a) + 1)) + normalised Q(a)   (0 if unvisited)
+//   score(a) = (pb_c(N) * sqrt(N)) * P(a) * (1 / (n(a) + 1)) + normalised Q(a)
+// (if unvisited: 0, or with unvisited_parent the node's value V(n) normalised
+// and clipped to [0, 1]; raw V(n) before the min-max range opens)
 // with N the node's visits, pb_c(N) = log((N + c2 + 1) / c2) + c1. Returns the
 // first legal argmax (a NaN or -inf score counts as lowest(), see there). With
 // leaf batching, in-flight simulations count as visits with normalised value 0
@@ -480,6 +489,14 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     const bool scaled = hi > lo;
     const double shift = scaled ? lo : 0.0;  // (q - 0) * 1 == q: no normalisation before the range opens
     const double inv_span = scaled ? 1.0 / (hi - lo) : 1.0;
+    double unvisited = 0.0;
+    if (p.unvisited_parent) {
+        unvisited = t.value_sum[i] / (double)t.visits[i];
+        if (scaled) {
+            unvisited = (unvisited - shift) * inv_span;
+            unvisited = unvisited < 0.0 ? 0.0 : (unvisited > 1.0 ? 1.0 : unvisited);
+        }
+    }
     // The scalar loops take the scores and the first-legal argmax in one pass
     // (no scratch stores): the same operations in the same order as writing
     // score[a] and scanning it.
@@ -488,7 +505,7 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     if (t.K > 1) {
         const int32_t* ei = t.edge_inflight + r;
         for (int a = 0; a < A; ++a) {
-            double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : 0.0;
+            double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
             if (ei[a] > 0) value_score = value_score * (double)ev[a] / ((double)ev[a] + (double)ei[a]);
             double s = pb_sqrt * prior[a] * recip_of(t, ev[a] + ei[a]) + value_score;
             s = legal[a] ? legal_score(s) : neg_inf();
@@ -498,10 +515,10 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
         }
     } else {
 #if defined(ARBOR_SSE2)
-        best = puct_argmax(ev, eq, prior, legal, shift, inv_span, pb_sqrt, t.scratch + (int64_t)b * 3 * A, A);
+        best = puct_argmax(ev, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited, t.scratch + (int64_t)b * 3 * A, A);
 #else
         for (int a = 0; a < A; ++a) {
-            double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : 0.0;
+            double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
             double s = pb_sqrt * prior[a] * recip_of(t, ev[a]) + value_score;
             s = legal[a] ? legal_score(s) : neg_inf();
             bool better = a == 0 || s > best_score;

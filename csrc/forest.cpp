@@ -731,7 +731,8 @@ void register_forest(nb::module_& m) {
             [](Forest* self, int batch_size, int num_actions, int max_nodes, int leaves_per_step, int num_threads,
                const std::string& algorithm, bool two_player, double discount, double pb_c_init, double pb_c_base,
                double dirichlet_alpha, double dirichlet_fraction, nb::handle known_bounds, int max_num_considered_actions,
-               double gumbel_scale, double value_scale, double maxvisit_init, double rescale_epsilon) {
+               double gumbel_scale, double value_scale, double maxvisit_init, double rescale_epsilon,
+               const std::string& unvisited_value) {
                 arbor::Params p;
                 if (algorithm == "puct") p.algorithm = arbor::ALG_PUCT;
                 else if (algorithm == "gumbel") p.algorithm = arbor::ALG_GUMBEL;
@@ -753,13 +754,16 @@ void register_forest(nb::module_& m) {
                 p.value_scale = value_scale;
                 p.maxvisit_init = maxvisit_init;
                 p.rescale_epsilon = rescale_epsilon;
+                if (unvisited_value == "zero") p.unvisited_parent = 0;
+                else if (unvisited_value == "parent") p.unvisited_parent = 1;
+                else throw nb::value_error(("unvisited_value must be 'zero' or 'parent', got '" + unvisited_value + "'").c_str());
                 new (self) Forest(batch_size, num_actions, max_nodes, leaves_per_step, num_threads, p);
             },
             "batch_size"_a, "num_actions"_a, "max_nodes"_a, "leaves_per_step"_a = 1, "num_threads"_a = 1,
             "algorithm"_a = "puct", "two_player"_a = false, "discount"_a = 1.0, "pb_c_init"_a = 1.25,
             "pb_c_base"_a = 19652.0, "dirichlet_alpha"_a = 0.3, "dirichlet_fraction"_a = 0.0,
             "known_bounds"_a = nb::none(), "max_num_considered_actions"_a = 16, "gumbel_scale"_a = 1.0,
-            "value_scale"_a = 0.1, "maxvisit_init"_a = 50.0, "rescale_epsilon"_a = 1e-8)
+            "value_scale"_a = 0.1, "maxvisit_init"_a = 50.0, "rescale_epsilon"_a = 1e-8, "unvisited_value"_a = "zero")
         .def_ro("batch_size", &Forest::B_)
         .def_ro("num_actions", &Forest::A_)
         .def_ro("max_nodes", &Forest::N_)

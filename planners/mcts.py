@@ -129,6 +129,10 @@ class SearchConfig:
     dirichlet_alpha: float = 0.3
     dirichlet_fraction: float = 0.0  # 0 disables root noise (use 0.25 for self-play)
     known_bounds: Optional[tuple[float, float]] = None
+    # pUCT value of an unvisited child: "zero" (MuZero pseudocode: the bottom of the
+    # min-max range) or "parent" (the node's own value, normalised and clipped to
+    # [0, 1], as EfficientZero's and LightZero's trees do)
+    unvisited_value: Literal["zero", "parent"] = "zero"
     # Gumbel (mctx gumbel_muzero_policy / qtransform_completed_by_mix_value)
     max_num_considered_actions: int = 16
     gumbel_scale: float = 1.0
@@ -143,6 +147,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ("puct", "gumbel"):
             raise ValueError(f"algorithm must be 'puct' or 'gumbel', got {self.algorithm!r}")
+        if self.unvisited_value not in ("zero", "parent"):
+            raise ValueError(f"unvisited_value must be 'zero' or 'parent', got {self.unvisited_value!r}")
         if self.mode not in ("muzero", "alphazero"):
             raise ValueError(f"mode must be 'muzero' or 'alphazero', got {self.mode!r}")
         if int(self.num_simulations) != self.num_simulations or self.num_simulations < 0:
@@ -168,6 +174,7 @@ class SearchConfig:
             value_scale=float(self.value_scale),
             maxvisit_init=float(self.maxvisit_init),
             rescale_epsilon=float(self.rescale_epsilon),
+            unvisited_value=self.unvisited_value,
         )
 
 

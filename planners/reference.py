@@ -151,6 +151,7 @@ class ReferenceForest:
         value_scale: float = 0.1,
         maxvisit_init: float = 50.0,
         rescale_epsilon: float = 1e-8,
+        unvisited_value: str = "zero",
         **_ignored: Any,
     ) -> None:
         self.B, self.A, self.N, self.K = batch_size, num_actions, max_nodes, leaves_per_step
@@ -162,6 +163,7 @@ class ReferenceForest:
         self.max_considered = max_num_considered_actions
         self.gumbel_scale, self.value_scale = gumbel_scale, value_scale
         self.maxvisit_init, self.eps = maxvisit_init, rescale_epsilon
+        self.unvisited_parent = unvisited_value == "parent"
         self.trees: list[list[Node]] = [[] for _ in range(batch_size)]
         self.streams = [Stream(tree_seed(0, b)) for b in range(batch_size)]
         self.root_probs = [[0.0] * num_actions for _ in range(batch_size)]
@@ -304,6 +306,12 @@ class ReferenceForest:
         lo, hi = self.lo[b], self.hi[b]
         scaled = hi > lo
         inv_span = 1.0 / (hi - lo) if scaled else 1.0
+        unvisited = 0.0
+        if self.unvisited_parent:  # the node's own value, normalised and clipped to [0, 1]
+            unvisited = node.value_sum / float(node.visits)
+            if scaled:
+                unvisited = (unvisited - lo) * inv_span
+                unvisited = 0.0 if unvisited < 0.0 else (1.0 if unvisited > 1.0 else unvisited)
         best, best_score = -1, -math.inf
         for a in range(A):
             if not node.legal[a]:
@@ -311,7 +319,7 @@ class ReferenceForest:
             c = node.children[a]
             cv = tree[c].visits if c >= 0 else 0
             ci = tree[c].inflight if c >= 0 else 0
-            value_score = 0.0
+            value_score = unvisited
             if cv > 0:
                 q = self._q(tree[c])
                 value_score = (q - lo) * inv_span if scaled else q

@@ -32,6 +32,7 @@ def random_case(seed: int, algorithm: str, mode: str) -> dict:
             dirichlet_fraction=float(r.choice([0.0, 0.25])) if algorithm == "puct" else 0.0,
             dirichlet_alpha=float(r.choice([0.03, 0.3, 2.0])),
             known_bounds=(-1.0, 1.0) if (algorithm == "puct" and r.uniform() < 0.3) else None,
+            unvisited_value=str(r.choice(["zero", "parent"])),
             max_num_considered_actions=int(r.choice([2, 4, 16])),
             gumbel_scale=float(r.choice([1.0, 0.3])),
             temperature=float(r.choice([1.0, 0.5, 0.0])),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from planners import mcts
+from planners import _core, mcts
 from planners.reference import RandomModel, root_inputs
 
 ALLOWED = (ValueError, TypeError, IndexError, RuntimeError)  # NodeBudgetExceeded is a RuntimeError
@@ -212,6 +212,13 @@ def test_node_budget_exceeded_is_a_clear_error_and_recoverable() -> None:
 def test_bad_configuration(kwargs) -> None:
     with pytest.raises(ValueError):
         mcts.Forest(2, 3, mcts.SearchConfig(**kwargs))
+
+
+def test_unknown_unvisited_value_is_refused_by_config_and_core() -> None:
+    with pytest.raises(ValueError, match="unvisited_value must be 'zero' or 'parent'"):
+        mcts.SearchConfig(unvisited_value="mean")
+    with pytest.raises(ValueError, match="unvisited_value must be 'zero' or 'parent'"):
+        _core.Forest(2, 3, 4, unvisited_value="mean")
 
 
 def test_gumbel_refuses_reused_roots() -> None:
