@@ -41,14 +41,16 @@ def random_case(seed: int, algorithm: str, mode: str) -> dict:
     )
 
 
-def run_both(case: dict, model_seed: int, reuse_rounds: int = 0):
+def run_both(case: dict, model_seed: int, reuse_rounds: int = 0, model_class: type = RandomModel,
+             root_value_scale: float = 1.0):
     B, A, S, K = case["B"], case["A"], case["S"], case["K"]
     cfg = replace(case["config"], num_simulations=S, leaves_per_step=K, num_threads=case["threads"])
     max_nodes = (reuse_rounds + 1) * S + 1
     forest = mcts.Forest(B, A, cfg, max_nodes=max_nodes)
     ref = ReferenceForest(B, A, max_nodes, leaves_per_step=K, **cfg.core_kwargs())
-    model = RandomModel(A, model_seed, p_illegal=case["p_illegal"], p_terminal=case["p_terminal"], dtype=case["dtype"])
+    model = model_class(A, model_seed, p_illegal=case["p_illegal"], p_terminal=case["p_terminal"], dtype=case["dtype"])
     logits, value, legal = root_inputs(B, A, model_seed, case["p_illegal"])
+    value = value * root_value_scale
     forest.seed(case["seed"])
     ref.seed(case["seed"])
     reuse = False
@@ -112,19 +114,7 @@ def test_core_matches_oracle_when_scores_are_nan() -> None:
         case = random_case(5 + seed, "puct", "muzero")
         case.update(K=1, S=30, dtype=np.float64, p_terminal=0.0)
         case["config"] = replace(case["config"], known_bounds=None, dirichlet_fraction=0.0)
-        B, A, S = case["B"], case["A"], case["S"]
-        cfg = replace(case["config"], num_simulations=S, num_threads=case["threads"])
-        forest = mcts.Forest(B, A, cfg, max_nodes=S + 1)
-        ref = ReferenceForest(B, A, S + 1, **cfg.core_kwargs())
-        model = TinyValueModel(A, seed, p_illegal=case["p_illegal"])
-        logits, value, legal = root_inputs(B, A, seed, case["p_illegal"])
-        forest.seed(case["seed"])
-        ref.seed(case["seed"])
-        result = mcts.search(logits, value * 1e-309, model.core, cfg, legal_mask=legal, forest=forest)
-        ref.set_roots(logits, value * 1e-309, legal)
-        ref.run(model.oracle, S)
-        assert_same(result, ref.results(cfg.temperature), f"case={case}")
-        assert_same_trees(forest, ref, f"case={case}")
+        run_both(case, model_seed=seed, model_class=TinyValueModel, root_value_scale=1e-309)
 
 
 def test_random_streams_match_python() -> None:
