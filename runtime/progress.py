@@ -1,6 +1,7 @@
 """The live progress line: env steps, steps per second, recent return, ETA."""
 from __future__ import annotations
 
+import collections
 import math
 import sys
 import time
@@ -10,12 +11,17 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class ProgressLine:
-    """A rich progress bar on a terminal; a plain line every ``interval`` seconds otherwise."""
+    """A rich progress bar on a terminal; a plain line every ``interval`` seconds otherwise.
+
+    The rate (and so the ETA) is measured over the last ``window`` seconds, not since the
+    start: a run's first steps (random actions before learning starts) are much faster than
+    the rest, and a rate from the start would keep the ETA far too short for most of the run.
+    """
 
     def __init__(self, total: int, start: int = 0, unit: str = "env steps", interval: float = 10.0,
-                 enabled: bool = True):
-        self.total, self.unit, self.interval = total, unit, interval
-        self.start_value, self.start_time = start, time.perf_counter()
+                 enabled: bool = True, window: float = 120.0):
+        self.total, self.unit, self.interval, self.window = total, unit, interval, window
+        self.samples: collections.deque[tuple[float, int]] = collections.deque([(time.perf_counter(), start)])
         self.last_print = 0.0
         self.console = Console(stderr=True)
         self.live = enabled and self.console.is_terminal
@@ -29,9 +35,17 @@ class ProgressLine:
             self.task = self.progress.add_task("train", total=total, completed=start, rate="", ret="")
             self.progress.start()
 
-    def rate(self, value: int) -> float:
-        elapsed = time.perf_counter() - self.start_time
-        return (value - self.start_value) / elapsed if elapsed > 0 else 0.0
+    def rate(self, value: int, now: float | None = None) -> float:
+        """Steps per second over about the last ``window`` seconds (since the start while younger)."""
+        now = time.perf_counter() if now is None else now
+        samples = self.samples
+        if now - samples[-1][0] >= 1.0:  # one sample a second at most, however often this is called
+            samples.append((now, value))
+        # the window starts at the newest sample that is at least ``window`` old
+        while len(samples) > 1 and now - samples[1][0] >= self.window:
+            samples.popleft()
+        t0, v0 = samples[0]
+        return (value - v0) / (now - t0) if now > t0 else 0.0
 
     def update(self, value: int, recent_return: float | None) -> None:
         rate = self.rate(value)
