@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,22 @@ def read_metrics(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def find_runs(path: Path) -> list[Path]:
-    """The run directories at or under ``path`` (any folder holding a metrics.jsonl)."""
+    """The run directories at or under ``path`` (any folder holding a metrics.jsonl).
+
+    Symbolic links to folders are followed (a folder of links to runs kept elsewhere is
+    a group), each real folder once, so a link cycle ends the walk instead of looping."""
     if (path / "metrics.jsonl").is_file():
         return [path]
-    return sorted(p.parent for p in path.rglob("metrics.jsonl"))
+    runs, seen = [], set()
+    for root, dirs, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        if "metrics.jsonl" in files:
+            runs.append(Path(root))
+    return sorted(runs)
 
 
 def group_curves(paths: list[str], metric: str, points: int = 100, reps: int = 1000,

@@ -72,3 +72,18 @@ def test_aggregate_table_and_profile_from_run_directories(tmp_path):
     assert "IQM" in format_atari_table(table)
     out = plot_performance_profile(table, tmp_path / "profile.png", reps=50)
     assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_find_runs_follows_links_once(tmp_path):
+    """A folder of symbolic links to runs kept elsewhere is a group; a link cycle ends the walk."""
+    from runtime.compare import find_runs
+
+    for name in ("a", "b"):
+        (tmp_path / "store" / name).mkdir(parents=True)
+        (tmp_path / "store" / name / "metrics.jsonl").write_text("{}\n")
+    group = tmp_path / "group"
+    group.mkdir()
+    (group / "first").symlink_to(tmp_path / "store" / "a", target_is_directory=True)
+    (group / "second").symlink_to(tmp_path / "store" / "b", target_is_directory=True)
+    (group / "loop").symlink_to(group, target_is_directory=True)
+    assert [p.name for p in find_runs(group)] == ["first", "second"]
