@@ -23,4 +23,3 @@ def test_rate_before_the_window_fills_is_the_average_since_the_start():
     t0 = line.samples[0][0]
     line.rate(250, now=t0 + 5.0)
     assert abs(line.rate(300, now=t0 + 10.0) - 10.0) < 1e-9   # counted from the resumed step 200
-
