@@ -16,6 +16,7 @@ from runtime.atari_scores import (
 from runtime.compare import (
     atari_aggregate_table,
     atari_final_scores,
+    find_runs,
     format_atari_table,
     plot_performance_profile,
 )
@@ -76,8 +77,6 @@ def test_aggregate_table_and_profile_from_run_directories(tmp_path):
 
 def test_find_runs_follows_links_once(tmp_path):
     """A folder of symbolic links to runs kept elsewhere is a group; a link cycle ends the walk."""
-    from runtime.compare import find_runs
-
     for name in ("a", "b"):
         (tmp_path / "store" / name).mkdir(parents=True)
         (tmp_path / "store" / name / "metrics.jsonl").write_text("{}\n")

@@ -7,7 +7,6 @@ def test_rate_follows_the_recent_pace_after_a_fast_start():
     t0 = line.samples[0][0]
     # 1,600 random-action steps in 10 s, then 20 steps/s of learning for 5 minutes,
     # reported ten times a second
-    steps = 0
     for i in range(1, 101):
         steps = 16 * i
         line.rate(steps, now=t0 + 0.1 * i)
