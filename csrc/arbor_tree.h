@@ -421,7 +421,7 @@ ARBOR_HD inline int select_gumbel(const TreeView& t, const Params& p, int b, int
 
 // ---------------------------------------------------------------- pUCT
 #if defined(ARBOR_SSE2)
-// select_puct's scores without in-flight visits and their first argmax, two
+// select_puct's scores and their first argmax, two
 // actions per SSE2 instruction (x86-64 only; elsewhere, and on the GPU, the
 // scalar loop in select_puct runs). The same IEEE operations in the same order
 // on each action give the same bits as the scalar loop: 1 / (n + 1) is the
@@ -431,8 +431,14 @@ ARBOR_HD inline int select_gumbel(const TreeView& t, const Params& p, int b, int
 // scalar loop's pick. Without that loop's data-dependent branches the loads of
 // many trees' rows overlap: about 10% faster at B = 256. score[] is work space
 // of A doubles.
-inline int puct_argmax(const int32_t* ev, const double* eq, const double* prior, const uint8_t* legal, double shift,
-                       double inv_span, double pb_sqrt, double unvisited, double* score, int A) {
+// With VIRTUAL_LOSS, ei[] are the edges' in-flight simulations and the scores
+// are select_puct's virtual-loss loop's, again in its order of operations
+// (1 / (n + i + 1) is recip_of(n + i)); a lane with nothing in flight computes
+// 0 / 0 for the damped value and masks it out bitwise, so no NaN reaches a score.
+template <bool VIRTUAL_LOSS>
+inline int puct_argmax(const int32_t* ev, const int32_t* ei, const double* eq, const double* prior,
+                       const uint8_t* legal, double shift, double inv_span, double pb_sqrt, double unvisited,
+                       double* score, int A) {
     const __m128d vshift = _mm_set1_pd(shift), vinv = _mm_set1_pd(inv_span), vpb = _mm_set1_pd(pb_sqrt);
     const __m128d vunvisited = _mm_set1_pd(unvisited);
     const __m128d one = _mm_set1_pd(1.0), ninf = _mm_set1_pd(neg_inf()), zero = _mm_setzero_pd();
@@ -444,7 +450,18 @@ inline int puct_argmax(const int32_t* ev, const double* eq, const double* prior,
         __m128d visited = _mm_mul_pd(_mm_sub_pd(_mm_loadu_pd(eq + a), vshift), vinv);
         __m128d was_visited = _mm_cmpgt_pd(n, zero);
         __m128d value_score = _mm_or_pd(_mm_and_pd(was_visited, visited), _mm_andnot_pd(was_visited, vunvisited));
-        __m128d recip = _mm_div_pd(one, _mm_add_pd(n, one));
+        __m128d recip;
+        if (VIRTUAL_LOSS) {
+            // in flight: value_score * n / (n + i), the visits n + i in the prior term
+            __m128d i = _mm_cvtepi32_pd(_mm_loadl_epi64((const __m128i*)(ei + a)));
+            __m128d n_eff = _mm_add_pd(n, i);
+            __m128d in_flight = _mm_cmpgt_pd(i, zero);
+            __m128d damped = _mm_div_pd(_mm_mul_pd(value_score, n), n_eff);
+            value_score = _mm_or_pd(_mm_and_pd(in_flight, damped), _mm_andnot_pd(in_flight, value_score));
+            recip = _mm_div_pd(one, _mm_add_pd(n_eff, one));
+        } else {
+            recip = _mm_div_pd(one, _mm_add_pd(n, one));
+        }
         __m128d s = _mm_add_pd(_mm_mul_pd(_mm_mul_pd(vpb, _mm_loadu_pd(prior + a)), recip), value_score);
         s = _mm_max_pd(s, vlow);
         __m128d is_legal = _mm_castsi128_pd(_mm_set_epi64x(legal[a + 1] ? -1 : 0, legal[a] ? -1 : 0));
@@ -454,8 +471,13 @@ inline int puct_argmax(const int32_t* ev, const double* eq, const double* prior,
     }
     double m = _mm_cvtsd_f64(_mm_max_sd(vmax, _mm_unpackhi_pd(vmax, vmax)));
     for (; a < A; ++a) {
-        double visited = (eq[a] - shift) * inv_span;
-        double s = pb_sqrt * prior[a] * (1.0 / ((double)ev[a] + 1.0)) + (ev[a] > 0 ? visited : unvisited);
+        double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
+        int32_t n = ev[a];
+        if (VIRTUAL_LOSS) {
+            if (ei[a] > 0) value_score = value_score * (double)ev[a] / ((double)ev[a] + (double)ei[a]);
+            n += ei[a];
+        }
+        double s = pb_sqrt * prior[a] * (1.0 / ((double)n + 1.0)) + value_score;
         s = legal[a] ? legal_score(s) : neg_inf();
         score[a] = s;
         m = s > m ? s : m;
@@ -502,8 +524,16 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     // score[a] and scanning it.
     int best = 0;
     double best_score = neg_inf();
-    if (t.K > 1) {
+    // A node with no simulation in flight through it has none on its edges
+    // either (add_inflight counts the node whenever it counts one of its
+    // edges), so its scores are the plain ones: only the nodes on this step's
+    // earlier paths take the virtual-loss loop.
+    if (t.K > 1 && t.inflight[i] > 0) {
         const int32_t* ei = t.edge_inflight + r;
+#if defined(ARBOR_SSE2)
+        best = puct_argmax<true>(ev, ei, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited,
+                                 t.scratch + (int64_t)b * 3 * A, A);
+#else
         for (int a = 0; a < A; ++a) {
             double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
             if (ei[a] > 0) value_score = value_score * (double)ev[a] / ((double)ev[a] + (double)ei[a]);
@@ -513,9 +543,10 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
             best = better ? a : best;
             best_score = better ? s : best_score;
         }
+#endif
     } else {
 #if defined(ARBOR_SSE2)
-        best = puct_argmax(ev, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited, t.scratch + (int64_t)b * 3 * A, A);
+        best = puct_argmax<false>(ev, nullptr, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited, t.scratch + (int64_t)b * 3 * A, A);
 #else
         for (int a = 0; a < A; ++a) {
             double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
