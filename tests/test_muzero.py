@@ -114,6 +114,27 @@ def test_unroll_targets_match_hand_computed_ones_on_a_terminated_episode():
     assert t[3]["policy_mask"] == [True, False, False]
 
 
+def test_unroll_continues_past_the_end_with_random_actions(monkeypatch):
+    """Stored actions inside the episode; past its end uniformly random ones (not the replay's padding 0),
+    and the loss unrolls the model with exactly those."""
+    agent = _agent("cartpole", "agent.unroll_steps=5")
+    while len(agent.replay) < 400:                  # CartPole with a random model: episodes of ~10-40 steps
+        agent.collect()
+    batch = agent.replay.sample(256)
+    actions = agent.unroll_actions(batch)
+    inside = batch.mask[:, :5]
+    assert torch.equal(actions[inside], batch.action[:, :5][inside].long())
+    past = actions[~inside]
+    assert past.numel() >= 20 and set(past.tolist()) == {0, 1}
+    assert (batch.action[:, :5][~inside] == 0).all()                 # what the replay pads with
+    seen = []
+    original = agent.net.dynamics
+    monkeypatch.setattr(agent, "unroll_actions", lambda b: actions)
+    monkeypatch.setattr(agent.net, "dynamics", lambda latent, a: (seen.append(a.clone()), original(latent, a))[1])
+    agent.loss(batch)
+    assert torch.equal(torch.stack(seen, 1), actions)
+
+
 def test_unroll_targets_bootstrap_from_the_final_observation_after_a_truncation():
     t = _targets_by_start(_episode_replay(True, n_step=2, unroll_steps=2), 0.5, 2, 2)
     # start 2: z0 = 3 + .5*4 + .25*v(o4); z1 = 4 + .5*v(o4); past the end nothing is trained
