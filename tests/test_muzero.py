@@ -396,3 +396,23 @@ def test_temperature_moves_samples_only_the_first_plies_of_each_game():
     early, late = played(2)
     assert late == 1.0 and early < 1.0                      # sampled while ply < 2, greedy after
     assert played("null")[1] < 1.0                          # without the limit every ply is sampled
+
+
+def test_model_check_walks_every_unfinished_tictactoe_position_to_the_end():
+    """benchmarks/muzero_model_check.py: 4,520 unfinished positions; every path ends within 9 plies, and the
+    share of finished games only grows."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "muzero_model_check.py"
+    spec = importlib.util.spec_from_file_location("muzero_model_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    agent = _agent("tictactoe", with_env=False)
+    for kind in ("legal", "optimal"):
+        rows = module.check(agent, kind)
+        assert [r["depth"] for r in rows] == list(range(10))
+        assert rows[0]["live"] == 4520 and rows[0]["over"] == 0 and rows[-1]["live"] == 0
+        assert all(r["live"] + r["over"] == 4520 for r in rows)
+        assert all(a["live"] >= b["live"] for a, b in zip(rows, rows[1:]))
+        assert 0.0 <= rows[0]["value_error_live"] <= 2.0
