@@ -39,7 +39,7 @@ The unroll goes on past the end with uniformly random actions (EfficientZero's a
 LightZero's buffers pad them so), so the model learns that every action from an
 absorbing state stays in it. The search takes any action there: trained with the
 replay's padding action alone, a tic-tac-toe model valued the states past the end
-at 0.00-0.08 on that action's path and at 0.28-0.37 (mean |v|, target 0) on random
+at 0.00-0.08 on that action's path and at 0.26-0.36 (mean |v|, target 0) on random
 paths, and its play got worse with more simulations.
 
 **Reanalyse.** A fraction ``reanalyse_fraction`` of each batch gets fresh policy
