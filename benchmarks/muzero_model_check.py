@@ -39,8 +39,10 @@ from runtime.match_eval import load_agent  # noqa: E402
 PATHS = ("legal", "optimal", "pad")
 
 
-def _has_line(bits: np.ndarray) -> np.ndarray:
-    return np.any([(bits & int(line)) == int(line) for line in LINES], axis=0)
+def finished(x: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """Whether the games with X's cells ``x`` and O's cells ``o`` (bit masks) are over."""
+    lines = [(bits & int(line)) == int(line) for bits in (x, o) for line in LINES]
+    return np.any(lines, axis=0) | ((x | o) == 0x1FF)
 
 
 def positions() -> list[list[int]]:
@@ -52,14 +54,13 @@ def positions() -> list[list[int]]:
         if (x, o) in seen:
             continue
         seen[(x, o)] = history
-        if _has_line(np.array(x)) or _has_line(np.array(o)) or (x | o) == 0x1FF:
+        if finished(x, o):
             continue
         for cell in range(9):
             if not (x | o) >> cell & 1:
                 bit = 1 << cell
                 stack.append((x | bit, o, history + [cell]) if len(history) % 2 == 0 else (x, o | bit, history + [cell]))
-    return [h for (x, o), h in seen.items()
-            if not (_has_line(np.array(x)) or _has_line(np.array(o)) or (x | o) == 0x1FF)]
+    return [h for (x, o), h in seen.items() if not finished(x, o)]
 
 
 def observations(histories: list[list[int]]) -> np.ndarray:
@@ -95,7 +96,7 @@ def check(agent, path: str, depth: int = 9, seed: int = 0) -> list[dict]:
         value = support_to_scalar(value_logits, support).numpy()
         prior = torch.softmax(logits, -1).numpy()
         occupied = ((x | o)[:, None] >> np.arange(9)) & 1 == 1
-        ended = over | _has_line(x) | _has_line(o) | ((x | o) == 0x1FF)
+        ended = over | finished(x, o)
         live = ~ended
         truth = value_table[x * 512 + o].astype(np.float64)
         rows.append({"depth": d, "live": int(live.sum()), "over": int(ended.sum()),

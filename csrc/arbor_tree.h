@@ -438,7 +438,7 @@ ARBOR_HD inline int select_gumbel(const TreeView& t, const Params& p, int b, int
 template <bool VIRTUAL_LOSS>
 inline int puct_argmax(const int32_t* ev, const int32_t* ei, const double* eq, const double* prior,
                        const uint8_t* legal, double shift, double inv_span, double pb_sqrt, double unvisited,
-                       double* score, int A, const double* recip_table) {
+                       double* score, int A) {
     const __m128d vshift = _mm_set1_pd(shift), vinv = _mm_set1_pd(inv_span), vpb = _mm_set1_pd(pb_sqrt);
     const __m128d vunvisited = _mm_set1_pd(unvisited);
     const __m128d one = _mm_set1_pd(1.0), ninf = _mm_set1_pd(neg_inf()), zero = _mm_setzero_pd();
@@ -458,11 +458,9 @@ inline int puct_argmax(const int32_t* ev, const int32_t* ei, const double* eq, c
             __m128d in_flight = _mm_cmpgt_pd(i, zero);
             __m128d damped = _mm_div_pd(_mm_mul_pd(value_score, n), n_eff);
             value_score = _mm_or_pd(_mm_and_pd(in_flight, damped), _mm_andnot_pd(in_flight, value_score));
-            recip = recip_table ? _mm_set_pd(recip_table[ev[a + 1] + ei[a + 1]], recip_table[ev[a] + ei[a]])
-                                : _mm_div_pd(one, _mm_add_pd(n_eff, one));
+            recip = _mm_div_pd(one, _mm_add_pd(n_eff, one));
         } else {
-            recip = recip_table ? _mm_set_pd(recip_table[ev[a + 1]], recip_table[ev[a]])
-                                : _mm_div_pd(one, _mm_add_pd(n, one));
+            recip = _mm_div_pd(one, _mm_add_pd(n, one));
         }
         __m128d s = _mm_add_pd(_mm_mul_pd(_mm_mul_pd(vpb, _mm_loadu_pd(prior + a)), recip), value_score);
         s = _mm_max_pd(s, vlow);
@@ -526,12 +524,6 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     // score[a] and scanning it.
     int best = 0;
     double best_score = neg_inf();
-#if defined(ARBOR_SSE2)
-    // No edge has more visits (in flight included) than its node, so below
-    // stat_len recip_of's table serves every edge: two loads instead of a
-    // division per pair of actions, the same values.
-    const double* recip_table = parent_visits < t.stat_len ? t.recip_table : nullptr;
-#endif
     // A node with no simulation in flight through it has none on its edges
     // either (add_inflight counts the node whenever it counts one of its
     // edges), so its scores are the plain ones: only the nodes on this step's
@@ -540,7 +532,7 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
         const int32_t* ei = t.edge_inflight + r;
 #if defined(ARBOR_SSE2)
         best = puct_argmax<true>(ev, ei, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited,
-                                 t.scratch + (int64_t)b * 3 * A, A, recip_table);
+                                 t.scratch + (int64_t)b * 3 * A, A);
 #else
         for (int a = 0; a < A; ++a) {
             double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
@@ -555,7 +547,7 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     } else {
 #if defined(ARBOR_SSE2)
         best = puct_argmax<false>(ev, nullptr, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited,
-                                  t.scratch + (int64_t)b * 3 * A, A, recip_table);
+                                  t.scratch + (int64_t)b * 3 * A, A);
 #else
         for (int a = 0; a < A; ++a) {
             double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
