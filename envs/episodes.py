@@ -38,6 +38,9 @@ def _dense_final(obs: Any, final_obs: Any, done: np.ndarray) -> Any:
     return np.where(done.reshape((-1,) + (1,) * (obs.ndim - 1)), final_obs, obs)
 
 
+SEED_RANGE = 2**31 - 1   # ALE takes seeds as C ints; larger ones (a resume's derived seed) are folded below it
+
+
 class SuiteVectorEnv(VectorWrapper):
     """Adds ``info['next_obs']`` and whole-game return/length queues to a SAME_STEP vector env."""
 
@@ -52,6 +55,9 @@ class SuiteVectorEnv(VectorWrapper):
         self.lives = np.full(self.num_envs, -1, dtype=np.int64)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        """Reset every env; an int ``seed`` seeds env i with ``seed + i``, folded into ALE's 32-bit range."""
+        if isinstance(seed, (int, np.integer)):
+            seed = int(seed) % (SEED_RANGE - self.num_envs)
         obs, info = self.env.reset(seed=seed, options=options)
         self.episode_returns[:] = 0.0
         self.episode_lengths[:] = 0

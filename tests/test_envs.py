@@ -83,6 +83,18 @@ def test_atari_protocols(protocol, sticky, life_loss):
     env.close()
 
 
+def test_atari_reset_takes_seeds_past_the_32_bit_range():
+    """A resumed run reseeds with seed + 1_000_003 * (steps + 1), past 2**31 after ~2k steps; ALE takes C ints."""
+    cfg = {"kind": "atari", "game": "breakout", "protocol": "atari100k", "name": "b"}
+    env, _ = envs.make(cfg, num_envs=2, seed=0)
+    big = 1 + 1_000_003 * 50_001
+    first, _ = env.reset(seed=big)
+    again, _ = env.reset(seed=big)
+    np.testing.assert_array_equal(first, again)
+    env.reset(seed=np.int64(2**63 - 1))
+    env.close()
+
+
 def test_atari_override_and_life_loss_game_returns():
     """Life loss ends a learning episode but the reported return is the whole game's."""
     cfg = {"kind": "atari", "game": "breakout", "protocol": "atari100k", "name": "b", "max_episode_frames": 4000}
