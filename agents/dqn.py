@@ -96,7 +96,7 @@ class QNetwork(nn.Module):
         self.torso = make_torso(spec.observation_space, cfg.hidden)
         self.head = QHead(self.torso.out_features, spec.num_actions, cfg.dueling, cfg.head_hidden)
         if spec.is_image and not isinstance(spec.observation_space, gym.spaces.Dict):
-            self.torso.to(memory_format=torch.channels_last)
+            self.torso.use_channels_last()
 
     def forward(self, obs: Any) -> torch.Tensor:
         return self.head(self.torso(obs))

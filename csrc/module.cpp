@@ -1,4 +1,4 @@
-// Python bindings of the compiled core: the batched search forest and the replay kernels.
+// Python bindings of the compiled core: the batched search forest, the replay kernels and the image shift.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/pair.h>
@@ -8,9 +8,10 @@ namespace nb = nanobind;
 
 void register_forest(nb::module_& m);
 void register_replay(nb::module_& m);
+void register_augment(nb::module_& m);
 
 NB_MODULE(_core, m) {
-    m.doc() = "Batched Monte Carlo tree search core (C++), used through planners.mcts, and the replay kernels (window gather, one-step add) used by replay/.";
+    m.doc() = "Batched Monte Carlo tree search core (C++), used through planners.mcts, the replay kernels (window gather, one-step add) used by replay/, and the uint8 image shift used by agents/_augment.py.";
     m.def("source_fingerprint", []() { return std::string(ARBOR_SOURCE_FINGERPRINT); },
           "SHA-256 over the csrc/ sources this module was compiled from.");
     m.def("cuda_enabled", []() {
@@ -22,4 +23,5 @@ NB_MODULE(_core, m) {
     }, "Whether this build compiled the CUDA kernels (csrc/arbor_kernels.cu).");
     register_forest(m);
     register_replay(m);
+    register_augment(m);
 }

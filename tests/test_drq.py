@@ -50,6 +50,35 @@ def test_shift_equals_pad_and_crop_reference_per_sample():
     assert torch.equal(out, naive_shift(images, offsets, 4))
 
 
+def test_compiled_uint8_shift_equals_the_torch_gather(monkeypatch):
+    """uint8 CPU batches take csrc/augment.cpp; any shift, even past the whole image, reads like the gather."""
+    import agents._augment as augment
+
+    kernel, calls = augment._shift_kernel, []
+    assert kernel is not None
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    rng = torch.Generator().manual_seed(1)
+    for shape, reach in [((16, 4, 84, 84), 4), ((64, 3, 7, 5), 9), ((5, 1, 1, 3), 4)]:
+        pairs = torch.randint(0, 256, (shape[0], 2 * shape[1], *shape[2:]), dtype=torch.uint8, generator=rng)
+        images = pairs[:, shape[1]:]   # a strided batch of contiguous images, as replay samples are
+        offsets = torch.randint(-reach, reach + 1, (shape[0], 2), generator=rng)
+        monkeypatch.setattr(augment, "_shift_kernel", counted)
+        compiled = shift(images, offsets)
+        monkeypatch.setattr(augment, "_shift_kernel", None)
+        gathered = shift(images, offsets)
+        monkeypatch.undo()
+        assert compiled.dtype == torch.uint8 and compiled.is_contiguous()
+        assert torch.equal(compiled, gathered)
+        assert torch.equal(compiled, naive_shift(images, offsets, reach))
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="offsets must have shape"):
+        augment._shift_kernel(images.numpy(), np.zeros((1, 2), np.int64), images.numpy().copy())
+
+
 def test_random_shift_draws_its_own_shift_per_sample_within_pad():
     pad, batch = 4, 256
     images = torch.zeros(batch, 2, 31, 31)
