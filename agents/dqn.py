@@ -181,6 +181,7 @@ class DQN(ReplayAgent):
             prioritized=cfg.prioritized, alpha=cfg.priority_alpha, beta=cfg.priority_beta,
             seed=seed, device=device)
         self.augment = self.make_augmentation()
+        self.augment.channels_last = bool(getattr(self.q.torso, "channels_last", False))
         self.env_steps = 0
         self.grad_steps = 0
         self.obs = None if env is None else env.reset(seed=seed)[0]

@@ -23,10 +23,19 @@ Sections (``--sections throughput,ablation,games``):
     bootstrap CIs of finished runs (``--runs <dirs>``), next to the published
     DrQ(epsilon) aggregates.
 
+``augment``
+    The random shift of a replayed batch (32 stacks of 4 x 84 x 84 uint8 sliced
+    from a larger gather, as replay samples are): the compiled kernel, the torch
+    gather it replaces, and the channels-last kernel against the kernel followed
+    by torch's layout conversion; then whole DrQ(epsilon) updates (``--threads``)
+    with the compiled, channels-last path against the torch gather and float
+    layout conversion inside the convolution, in alternating rounds (process time).
+
 ``--json`` prints one JSON object as the last line. Examples:
 
     python benchmarks/drq.py --sections throughput --game pong --measure 1000 --json
     python benchmarks/drq.py --sections ablation --game boxing --ablation-steps 6000
+    python benchmarks/drq.py --sections augment --rounds 8
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +183,84 @@ def throughput(args) -> dict:
             "ratios": {"ours/sb3_dqn": ratio, "ours/sb3_dqn_cpu_time": ratio_cpu}}
 
 
+def cpu_ms(fn: Callable[[], object], reps: int) -> float:
+    """Process-time milliseconds per call of ``fn`` (after one warm-up call)."""
+    fn()
+    start = time.process_time()
+    for _ in range(reps):
+        fn()
+    return (time.process_time() - start) / reps * 1e3
+
+
+def augment(args) -> dict:
+    import torch
+
+    import agents._augment as aug
+    import envs
+    from agents.drq import DrQ, DrQConfig
+
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(args.seed)
+    pairs = torch.randint(0, 256, (32, 8, 84, 84), dtype=torch.uint8, generator=gen)
+    batch, offsets = pairs[:, 4:], aug.random_shift_offsets(32, 4, gen)
+    kernel = aug._shift_kernel
+    if kernel is None:
+        raise SystemExit("the compiled shift kernel is missing: rebuild with `pip install -e .`")
+    shift = {"kernel": lambda: aug.shift(batch, offsets),
+             "kernel_channels_last": lambda: aug.shift(batch, offsets, channels_last=True),
+             "kernel_then_torch_channels_last": lambda: aug.shift(batch, offsets).contiguous(
+                 memory_format=torch.channels_last)}
+    shift_ms = {name: [] for name in [*shift, "torch_gather"]}
+    for _ in range(max(1, args.rounds)):
+        for name, fn in shift.items():
+            shift_ms[name].append(cpu_ms(fn, 200))
+        aug._shift_kernel = None
+        try:
+            shift_ms["torch_gather"].append(cpu_ms(lambda: aug.shift(batch, offsets), 200))
+        finally:
+            aug._shift_kernel = kernel
+    values = drq_eps_settings(learning_starts=1000, buffer_size=5000)
+    cfg = DrQConfig(**values)
+    cfg.validate()
+    env_cfg = {"kind": "atari", "game": args.game, "protocol": "atari100k", "num_envs": 1, "noop_max": 0}
+    env, spec = envs.make(env_cfg, num_envs=1, seed=args.seed)
+    agent = DrQ(cfg, spec, torch.device("cpu"), env=env, total_steps=100_000, seed=args.seed)
+    while agent.env_steps < 1100:
+        agent.train_iteration()
+    torsos = [agent.q.torso, agent.q_target.torso]
+
+    def configure(compiled: bool) -> None:
+        aug._shift_kernel = kernel if compiled else None
+        agent.augment.channels_last = compiled
+        for torso in torsos:
+            torso.channels_last = compiled
+
+    update_ms: dict[str, list[float]] = {"compiled_channels_last": [], "torch_gather": []}
+    try:
+        for _ in range(max(1, args.rounds)):
+            for name, compiled in (("compiled_channels_last", True), ("torch_gather", False)):
+                configure(compiled)
+                update_ms[name].append(cpu_ms(agent.learn, 40))
+    finally:
+        configure(True)
+        env.close()
+    med = {name: float(np.median(v)) for name, v in shift_ms.items()}
+    med.update({f"update_{name}": float(np.median(v)) for name, v in update_ms.items()})
+    print(f"random shift, 32 x 4 x 84 x 84 uint8, {args.threads} thread(s), median of {args.rounds} round(s), "
+          "process-time ms per call")
+    for name in shift_ms:
+        print(f"  {name:34s} {med[name]:7.3f}")
+    print(f"DrQ(epsilon) update on {args.game}, batch 32, ms per update")
+    for name in update_ms:
+        print(f"  {name:34s} {med['update_' + name]:7.2f}")
+    update_ratio = float(np.median(update_ms["torch_gather"]) / np.median(update_ms["compiled_channels_last"]))
+    ratios = {"shift_gather/kernel": float(np.median(shift_ms["torch_gather"]) / np.median(shift_ms["kernel"])),
+              "update_gather/compiled": update_ratio}
+    print(f"update: {ratios['update_gather/compiled']:.3f}x faster with the compiled channels-last path")
+    return {"figures": {"shift_ms": {k: med[k] for k in shift_ms}, "update_ms": {k: med["update_" + k] for k in update_ms},
+                        "rounds": {"shift": shift_ms, "update": update_ms}}, "ratios": ratios}
+
+
 ABLATION = {
     "no_augmentation": ["agent.augmentation=none"],
     "augmentation_only": [],
@@ -228,7 +316,7 @@ def games(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="throughput")
+    parser.add_argument("--sections", default="throughput", help="throughput,ablation,games,augment")
     parser.add_argument("--game", default="pong")
     parser.add_argument("--warmup", type=int, default=1600)
     parser.add_argument("--measure", type=int, default=1000)
@@ -244,7 +332,7 @@ def main() -> None:
     figures, ratios = {}, {}
     for section in args.sections.split(","):
         print(f"== {section} ==", flush=True)
-        result = {"throughput": throughput, "ablation": ablation, "games": games}[section](args)
+        result = {"throughput": throughput, "ablation": ablation, "games": games, "augment": augment}[section](args)
         figures[section] = result["figures"]
         ratios.update(result["ratios"])
     if args.json:

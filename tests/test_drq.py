@@ -54,27 +54,32 @@ def test_compiled_uint8_shift_equals_the_torch_gather(monkeypatch):
     """uint8 CPU batches take csrc/augment.cpp; any shift, even past the whole image, reads like the gather."""
     import agents._augment as augment
 
-    kernel, calls = augment._shift_kernel, []
-    assert kernel is not None
+    calls = []
+    assert augment._shift_kernel is not None and augment._shift_kernel_nhwc is not None
 
-    def counted(*args):
-        calls.append(1)
-        return kernel(*args)
+    def counted(kernel):
+        def call(*args):
+            calls.append(kernel.__name__)
+            return kernel(*args)
+        return call
 
     rng = torch.Generator().manual_seed(1)
     for shape, reach in [((16, 4, 84, 84), 4), ((64, 3, 7, 5), 9), ((5, 1, 1, 3), 4)]:
         pairs = torch.randint(0, 256, (shape[0], 2 * shape[1], *shape[2:]), dtype=torch.uint8, generator=rng)
         images = pairs[:, shape[1]:]   # a strided batch of contiguous images, as replay samples are
         offsets = torch.randint(-reach, reach + 1, (shape[0], 2), generator=rng)
-        monkeypatch.setattr(augment, "_shift_kernel", counted)
+        monkeypatch.setattr(augment, "_shift_kernel", counted(augment._shift_kernel))
+        monkeypatch.setattr(augment, "_shift_kernel_nhwc", counted(augment._shift_kernel_nhwc))
         compiled = shift(images, offsets)
+        compiled_cl = shift(images, offsets, channels_last=True)
         monkeypatch.setattr(augment, "_shift_kernel", None)
         gathered = shift(images, offsets)
         monkeypatch.undo()
         assert compiled.dtype == torch.uint8 and compiled.is_contiguous()
-        assert torch.equal(compiled, gathered)
+        assert compiled_cl.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(compiled, gathered) and torch.equal(compiled_cl, gathered)
         assert torch.equal(compiled, naive_shift(images, offsets, reach))
-    assert len(calls) == 3
+    assert calls == ["shift_images", "shift_images_nhwc"] * 3
     with pytest.raises(ValueError, match="offsets must have shape"):
         augment._shift_kernel(images.numpy(), np.zeros((1, 2), np.int64), images.numpy().copy())
 
