@@ -15,9 +15,8 @@ kernels of csrc/augment.cpp (a memcpy per image row), everything else through
 one ``torch.gather`` over the whole batch; both give the same values. With
 ``channels_last`` the kernel writes the batch channels-last, the layout the
 suite's CPU convolutions take, instead of leaving that transposing copy to
-them. One thread, 32 stacks of 4 x 84 x 84 sliced from a replay-style gather:
-0.10-0.12 ms (kernel) against 0.78-0.89 ms (gather); channels-last 0.26-0.28
-ms against 1.47-1.54 ms for the kernel followed by torch's layout conversion.
+them. ``python benchmarks/drq.py --sections augment`` times each path (docs/drq.md
+quotes the figures).
 
 Intensity jitter (as in Dopamine's Atari 100k agents): multiply each sample by
 ``1 + s * clip(N(0, 1), -2, 2)``; the result is float.
