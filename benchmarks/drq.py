@@ -72,19 +72,23 @@ def drq_eps_settings(**changes) -> dict:
     return merged
 
 
-def ours_rate(game: str, warmup: int, measure: int, seed: int, **changes) -> dict:
-    """Env steps/s of our DrQ over ``measure`` learning steps after ``warmup`` random ones."""
+def drq_agent(game: str, seed: int, **changes):
+    """Our DrQ(epsilon) agent (``changes`` on top of its settings) on one atari100k env of ``game``."""
     import torch
 
     import envs
     from agents.drq import DrQ, DrQConfig
 
-    values = drq_eps_settings(learning_starts=warmup, buffer_size=warmup + measure + 100, **changes)
-    cfg = DrQConfig(**values)
+    cfg = DrQConfig(**drq_eps_settings(**changes))
     cfg.validate()
     env_cfg = {"kind": "atari", "game": game, "protocol": "atari100k", "num_envs": 1, "noop_max": 0}
     env, spec = envs.make(env_cfg, num_envs=1, seed=seed)
-    agent = DrQ(cfg, spec, torch.device("cpu"), env=env, total_steps=100_000, seed=seed)
+    return DrQ(cfg, spec, torch.device("cpu"), env=env, total_steps=100_000, seed=seed), env
+
+
+def ours_rate(game: str, warmup: int, measure: int, seed: int, **changes) -> dict:
+    """Env steps/s of our DrQ over ``measure`` learning steps after ``warmup`` random ones."""
+    agent, env = drq_agent(game, seed, learning_starts=warmup, buffer_size=warmup + measure + 100, **changes)
     start = time.perf_counter()
     while agent.env_steps < warmup:
         agent.train_iteration()
@@ -196,8 +200,6 @@ def augment(args) -> dict:
     import torch
 
     import agents._augment as aug
-    import envs
-    from agents.drq import DrQ, DrQConfig
 
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -219,12 +221,7 @@ def augment(args) -> dict:
             shift_ms["torch_gather"].append(cpu_ms(lambda: aug.shift(batch, offsets), 200))
         finally:
             aug._shift_kernel = kernel
-    values = drq_eps_settings(learning_starts=1000, buffer_size=5000)
-    cfg = DrQConfig(**values)
-    cfg.validate()
-    env_cfg = {"kind": "atari", "game": args.game, "protocol": "atari100k", "num_envs": 1, "noop_max": 0}
-    env, spec = envs.make(env_cfg, num_envs=1, seed=args.seed)
-    agent = DrQ(cfg, spec, torch.device("cpu"), env=env, total_steps=100_000, seed=args.seed)
+    agent, env = drq_agent(args.game, args.seed, learning_starts=1000, buffer_size=5000)
     while agent.env_steps < 1100:
         agent.train_iteration()
     torsos = [agent.q.torso, agent.q_target.torso]
@@ -244,22 +241,20 @@ def augment(args) -> dict:
     finally:
         configure(True)
         env.close()
-    med = {name: float(np.median(v)) for name, v in shift_ms.items()}
-    med.update({f"update_{name}": float(np.median(v)) for name, v in update_ms.items()})
+    shift_med = {name: float(np.median(v)) for name, v in shift_ms.items()}
+    update_med = {name: float(np.median(v)) for name, v in update_ms.items()}
     print(f"random shift, 32 x 4 x 84 x 84 uint8, {args.threads} thread(s), median of {args.rounds} round(s), "
           "process-time ms per call")
-    for name in shift_ms:
-        print(f"  {name:34s} {med[name]:7.3f}")
+    for name, value in shift_med.items():
+        print(f"  {name:34s} {value:7.3f}")
     print(f"DrQ(epsilon) update on {args.game}, batch 32, ms per update")
-    for name in update_ms:
-        print(f"  {name:34s} {med['update_' + name]:7.2f}")
-    update_ratio = float(np.median(update_ms["torch_gather"]) / np.median(update_ms["compiled_channels_last"]))
-    ratios = {"shift_gather/kernel": float(np.median(shift_ms["torch_gather"]) / np.median(shift_ms["kernel"])),
-              "update_gather/compiled": update_ratio}
+    for name, value in update_med.items():
+        print(f"  {name:34s} {value:7.2f}")
+    ratios = {"shift_gather/kernel": shift_med["torch_gather"] / shift_med["kernel"],
+              "update_gather/compiled": update_med["torch_gather"] / update_med["compiled_channels_last"]}
     print(f"update: {ratios['update_gather/compiled']:.3f}x faster with the compiled channels-last path")
-    return {"figures": {"shift_ms": {k: med[k] for k in shift_ms}, "update_ms": {k: med["update_" + k] for k in update_ms},
+    return {"figures": {"shift_ms": shift_med, "update_ms": update_med,
                         "rounds": {"shift": shift_ms, "update": update_ms}}, "ratios": ratios}
-
 
 ABLATION = {
     "no_augmentation": ["agent.augmentation=none"],
