@@ -46,15 +46,16 @@ static int64_t check_shift(const ConstImages& src, const Offsets& offsets, const
     const int64_t h = (int64_t)src.shape(2), w = (int64_t)src.shape(3);
     const size_t want[4] = {src.shape(0), nhwc ? src.shape(2) : src.shape(1), nhwc ? src.shape(3) : src.shape(2),
                             nhwc ? src.shape(1) : src.shape(3)};
+    const std::string name = nhwc ? "shift_images_nhwc: " : "shift_images: ";
+    auto fail = [&](const std::string& what) { throw nb::value_error((name + what).c_str()); };
     for (size_t d = 0; d < 4; ++d)
         if (out.shape(d) != want[d])
-            throw nb::value_error(nhwc ? "shift_images_nhwc: out must have shape (B, H, W, C) for a (B, C, H, W) src"
-                                       : "shift_images: out must have the shape of src");
+            fail(nhwc ? "out must have shape (B, H, W, C) for a (B, C, H, W) src" : "out must have the shape of src");
     if ((int64_t)offsets.shape(0) != b || offsets.shape(1) != 2)
-        throw nb::value_error(("shift_images: offsets must have shape (" + std::to_string(b) + ", 2)").c_str());
+        fail("offsets must have shape (" + std::to_string(b) + ", 2)");
     if (src.stride(3) != 1 || src.stride(2) != w || src.stride(1) != h * w || src.stride(0) < c * h * w)
-        throw nb::value_error("shift_images: each image of src must be contiguous (C x H x W)");
-    if (src.data() == out.data()) throw nb::value_error("shift_images: out must not be src");
+        fail("each image of src must be contiguous (C x H x W)");
+    if (src.data() == out.data()) fail("out must not be src");
     return src.stride(0);
 }
 

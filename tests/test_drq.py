@@ -80,8 +80,19 @@ def test_compiled_uint8_shift_equals_the_torch_gather(monkeypatch):
         assert torch.equal(compiled, gathered) and torch.equal(compiled_cl, gathered)
         assert torch.equal(compiled, naive_shift(images, offsets, reach))
     assert calls == ["shift_images", "shift_images_nhwc"] * 3
-    with pytest.raises(ValueError, match="offsets must have shape"):
-        augment._shift_kernel(images.numpy(), np.zeros((1, 2), np.int64), images.numpy().copy())
+    # Bad arguments raise errors that name the kernel called.
+    src = images.numpy()
+    with pytest.raises(ValueError, match="^shift_images: offsets must have shape"):
+        augment._shift_kernel(src, np.zeros((1, 2), np.int64), src.copy())
+    with pytest.raises(ValueError, match="^shift_images_nhwc: offsets must have shape"):
+        augment._shift_kernel_nhwc(src, np.zeros((1, 2), np.int64), src.transpose(0, 2, 3, 1).copy())
+    with pytest.raises(ValueError, match=r"^shift_images_nhwc: out must have shape \(B, H, W, C\)"):
+        augment._shift_kernel_nhwc(src, np.zeros((len(src), 2), np.int64), src.copy())
+    with pytest.raises(ValueError, match="^shift_images: each image of src must be contiguous"):
+        augment._shift_kernel(src[..., ::2], np.zeros((len(src), 2), np.int64), src[..., ::2].copy())
+    whole = src.copy()
+    with pytest.raises(ValueError, match="^shift_images: out must not be src"):
+        augment._shift_kernel(whole, np.zeros((len(src), 2), np.int64), whole)
 
 
 def test_random_shift_draws_its_own_shift_per_sample_within_pad():
