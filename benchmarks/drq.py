@@ -256,6 +256,7 @@ def augment(args) -> dict:
     return {"figures": {"shift_ms": shift_med, "update_ms": update_med,
                         "rounds": {"shift": shift_ms, "update": update_ms}}, "ratios": ratios}
 
+
 ABLATION = {
     "no_augmentation": ["agent.augmentation=none"],
     "augmentation_only": [],

@@ -46,8 +46,10 @@ static int64_t check_shift(const ConstImages& src, const Offsets& offsets, const
     const int64_t h = (int64_t)src.shape(2), w = (int64_t)src.shape(3);
     const size_t want[4] = {src.shape(0), nhwc ? src.shape(2) : src.shape(1), nhwc ? src.shape(3) : src.shape(2),
                             nhwc ? src.shape(1) : src.shape(3)};
-    const std::string name = nhwc ? "shift_images_nhwc: " : "shift_images: ";
-    auto fail = [&](const std::string& what) { throw nb::value_error((name + what).c_str()); };
+    // The kernel's name goes into the message only when one is raised: no string is built per call.
+    auto fail = [nhwc](const std::string& what) {
+        throw nb::value_error(((nhwc ? "shift_images_nhwc: " : "shift_images: ") + what).c_str());
+    };
     for (size_t d = 0; d < 4; ++d)
         if (out.shape(d) != want[d])
             fail(nhwc ? "out must have shape (B, H, W, C) for a (B, C, H, W) src" : "out must have the shape of src");
