@@ -18,7 +18,7 @@ from agents._latent import (
     scale_latent,
     support_to_scalar,
 )
-from agents.muzero import MuZero, MuZeroConfig, unroll_targets
+from agents.muzero import ConvModel, MuZero, MuZeroConfig, unroll_targets
 from replay import SequenceReplay
 from runtime.trainer import Trainer
 
@@ -258,8 +258,9 @@ def test_consistency_loss_pulls_unrolled_latents_toward_the_real_ones():
 
 
 def test_consistency_heads_fit_conv_latents():
-    agent = _agent("minatar", "agent.consistency_weight=1.0", "agent.consistency_dim=8", "agent.batch_size=4",
-                   "agent.channels=4")
+    agent = _agent("minatar", "agent.torso=conv", "agent.consistency_weight=1.0", "agent.consistency_dim=8",
+                   "agent.batch_size=4", "agent.channels=4")
+    assert isinstance(agent.net, ConvModel)
     for _ in range(3):
         agent.collect()
     metrics = agent.learn(1)
