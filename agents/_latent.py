@@ -47,9 +47,10 @@ def h_inverse(y: torch.Tensor, eps: float = EPSILON) -> torch.Tensor:
     return torch.sign(y) * (root * root - 1.0)
 
 
-def scalar_to_support(x: torch.Tensor, support_size: int, transform: bool = True) -> torch.Tensor:
-    """Two-hot probabilities ``[..., 2S + 1]`` of ``h(x)`` (or ``x`` when not ``transform``) on ``{-S..S}``."""
-    y = h(x) if transform else x
+def scalar_to_support(x: torch.Tensor, support_size: int, transform: bool = True, step: float = 1.0) -> torch.Tensor:
+    """Two-hot probabilities ``[..., 2S + 1]`` of ``h(x)`` (or ``x`` when not ``transform``) on the atoms
+    ``step * {-S..S}``; values past the ends are clamped to them."""
+    y = (h(x) if transform else x) / step
     y = y.clamp(-support_size, support_size)
     low = torch.floor(y)
     upper_weight = y - low
@@ -61,9 +62,10 @@ def scalar_to_support(x: torch.Tensor, support_size: int, transform: bool = True
     return probs
 
 
-def support_to_scalar(logits: torch.Tensor, support_size: int, transform: bool = True) -> torch.Tensor:
-    """``h^-1(sum_i softmax(logits)_i * i)`` over the support ``{-S..S}`` (last axis)."""
-    atoms = torch.arange(-support_size, support_size + 1, dtype=logits.dtype, device=logits.device)
+def support_to_scalar(logits: torch.Tensor, support_size: int, transform: bool = True,
+                      step: float = 1.0) -> torch.Tensor:
+    """``h^-1(sum_i softmax(logits)_i * a_i)`` over the atoms ``a = step * {-S..S}`` (last axis)."""
+    atoms = step * torch.arange(-support_size, support_size + 1, dtype=logits.dtype, device=logits.device)
     y = (torch.softmax(logits, dim=-1) * atoms).sum(-1)
     return h_inverse(y) if transform else y
 

@@ -110,7 +110,8 @@ class MuZeroConfig(AgentConfig):
     latent_dim: int = 64                # MLP latent size
     channels: int = 64                  # conv latent channels
     blocks: int = 1                     # residual blocks in representation, dynamics and prediction
-    support_size: int = 300             # value support {-S..S}
+    support_size: int = 300             # value support: atoms support_step * {-S..S} in h-space
+    support_step: float = 1.0           # spacing of the value atoms (the paper's: 1)
     reward_support_size: int = 300      # reward support
     # search
     algorithm: str = "puct"             # puct | gumbel
@@ -164,6 +165,7 @@ class MuZeroConfig(AgentConfig):
         checks = {
             "hidden": all(int(h) >= 1 for h in self.hidden), "latent_dim": self.latent_dim >= 1,
             "channels": self.channels >= 2, "blocks": self.blocks >= 0, "support_size": self.support_size >= 1,
+            "support_step": self.support_step > 0,
             "reward_support_size": self.reward_support_size >= 1, "num_simulations": self.num_simulations >= 1,
             "eval_simulations": self.eval_simulations is None or self.eval_simulations >= 1,
             "pb_c_init": self.pb_c_init > 0, "pb_c_base": self.pb_c_base > 0,
@@ -474,10 +476,11 @@ class MuZero(Agent):
             need = torch.from_numpy(leaves.needs_eval)
             store[tree[need], torch.from_numpy(leaves.node.astype(np.int64))[need]] = next_latent[need]
             return ModelOutput(reward=support_to_scalar(reward_logits, R).double().cpu().numpy(),
-                               value=support_to_scalar(value, S).double().cpu().numpy(),
+                               value=support_to_scalar(value, S, step=self.cfg.support_step).double().cpu().numpy(),
                                prior_logits=prior.float().cpu().numpy())
 
-        forest.set_roots(logits.float().cpu().numpy(), support_to_scalar(value_logits, S).double().cpu().numpy(),
+        forest.set_roots(logits.float().cpu().numpy(),
+                         support_to_scalar(value_logits, S, step=self.cfg.support_step).double().cpu().numpy(),
                          None if legal is None else np.ascontiguousarray(legal, bool))
         forest.run(model_fn)
         return forest.results(temperature)
@@ -598,7 +601,7 @@ class MuZero(Agent):
         """Target-network values of the observations at ``position`` (``[rows, J]`` offsets into the windows)."""
         flat = self._flat_observations(batch, position.cpu().numpy())
         _, value_logits = self.target_net.prediction(self.target_net.representation(flat.to(self.device)))
-        return support_to_scalar(value_logits, self.cfg.support_size).view(position.shape)
+        return support_to_scalar(value_logits, self.cfg.support_size, step=self.cfg.support_step).view(position.shape)
 
     def _bootstrap_values(self, batch, position: torch.Tensor) -> torch.Tensor:
         """Values ``[B, K+1]`` of the observations at the bootstrap positions (``value_bootstrap``).
@@ -670,7 +673,7 @@ class MuZero(Agent):
         policy = batch.extras["policy"][:, :K + 1].float()
         policy = self._reanalyse(batch, policy)
         policy = policy / policy.sum(-1, keepdim=True).clamp_min(1e-8)
-        value_probs = scalar_to_support(targets["value"], S)
+        value_probs = scalar_to_support(targets["value"], S, step=cfg.support_step)
         reward_probs = scalar_to_support(targets["reward"], R)
         actions = self.unroll_actions(batch)
 
@@ -689,7 +692,7 @@ class MuZero(Agent):
                 reward_loss = torch.zeros_like(per_sample)
             logits, value_logits = net.prediction(latent)
             if k == 0:
-                root_value = support_to_scalar(value_logits.detach(), S)
+                root_value = support_to_scalar(value_logits.detach(), S, step=cfg.support_step)
             value_loss = -(value_probs[:, k] * F.log_softmax(value_logits, -1)).sum(-1) * targets["value_mask"][:, k]
             log_p = F.log_softmax(logits, -1)
             policy_loss = -(policy[:, k] * log_p).sum(-1) * targets["policy_mask"][:, k]

@@ -93,7 +93,7 @@ def check(agent, path: str, depth: int = 9, seed: int = 0) -> list[dict]:
     rows = []
     for d in range(depth + 1):
         logits, value_logits = net.prediction(latent)
-        value = support_to_scalar(value_logits, support).numpy()
+        value = support_to_scalar(value_logits, support, step=agent.cfg.support_step).numpy()
         prior = torch.softmax(logits, -1).numpy()
         occupied = ((x | o)[:, None] >> np.arange(9)) & 1 == 1
         ended = over | finished(x, o)

@@ -56,6 +56,22 @@ def test_categorical_projection_is_two_hot_with_the_right_expectation():
     assert torch.allclose(support_to_scalar(logits, 5), inside, atol=1e-4)
 
 
+def test_finer_support_step_spreads_small_values_over_more_atoms():
+    # h(5) = 1.4545: with unit atoms only atoms 1 and 2 carry it; with step 0.1 atoms 14 and 15 do
+    x = torch.tensor([0.0, 5.0, -3.0, 1e6])
+    probs = scalar_to_support(x, support_size=50, step=0.1)
+    atoms = 0.1 * torch.arange(-50, 51, dtype=torch.float32)
+    assert torch.allclose(probs.sum(-1), torch.ones(4))
+    assert torch.allclose((probs * atoms).sum(-1), h(x).clamp(-5, 5), atol=1e-5)
+    assert probs[1].nonzero().flatten().tolist() == [50 + 14, 50 + 15]
+    assert scalar_to_support(x, support_size=50)[1].nonzero().flatten().tolist() == [50 + 1, 50 + 2]
+    inside = x[:3]
+    logits = torch.log(scalar_to_support(inside, 50, step=0.1).clamp_min(1e-30))
+    assert torch.allclose(support_to_scalar(logits, 50, step=0.1), inside, atol=1e-4)
+    # reading with the wrong step gives a different value: the step must match on both sides
+    assert not torch.allclose(support_to_scalar(logits, 50), inside, atol=1e-2)
+
+
 def test_latent_scaling_maps_each_sample_to_unit_range():
     s = torch.tensor([[1.0, 3.0, 2.0], [-4.0, -4.0, 0.0]]).view(2, 3, 1, 1)
     out = scale_latent(s).view(2, 3)
