@@ -202,6 +202,28 @@ def test_search_uses_the_learned_model_once_per_simulation_for_all_envs(monkeypa
     assert agent.act(agent.obs).shape == (4,)
 
 
+def test_support_step_reaches_the_search_and_the_bootstrap_values():
+    """With ``support_step`` 0.1 a value head sure of atom S + 10 means h = 1.0 (a value of 2.99),
+    not h = 10 (about 117): in the search's leaves and root, and in the target network's values."""
+    agent = _agent("cartpole", "agent.support_step=0.1")
+    S = agent.cfg.support_size
+    for net in (agent.net, agent.target_net):
+        with torch.no_grad():
+            net.value_head.weight.zero_()
+            net.value_head.bias.fill_(-30.0)
+            net.value_head.bias[S + 10] = 30.0
+    expected = h_inverse(torch.tensor(1.0, dtype=torch.float64)).item()
+    assert expected == pytest.approx(2.988, abs=1e-3)
+    result = agent.search(agent.obs, "eval", temperature=0.0)
+    # every node's value is 2.99; rewards of an untrained reward head are near 0
+    assert np.all(np.abs(result.root_value - expected) < 1.0)
+    for _ in range(30):
+        agent.collect()
+    batch = agent.replay.sample(8)
+    values = agent._network_values(batch, torch.zeros((8, 3), dtype=torch.long))
+    assert torch.allclose(values.double(), torch.full((8, 3), expected, dtype=torch.float64), atol=1e-3)
+
+
 def test_a_few_hundred_updates_fit_the_replayed_rewards_and_values():
     torch.manual_seed(0)
     agent = _agent("cartpole", "agent.learning_rate=3e-3", "agent.batch_size=32")
