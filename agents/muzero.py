@@ -476,14 +476,17 @@ class MuZero(Agent):
             need = torch.from_numpy(leaves.needs_eval)
             store[tree[need], torch.from_numpy(leaves.node.astype(np.int64))[need]] = next_latent[need]
             return ModelOutput(reward=support_to_scalar(reward_logits, R).double().cpu().numpy(),
-                               value=support_to_scalar(value, S, step=self.cfg.support_step).double().cpu().numpy(),
+                               value=self.value_of(value).double().cpu().numpy(),
                                prior_logits=prior.float().cpu().numpy())
 
-        forest.set_roots(logits.float().cpu().numpy(),
-                         support_to_scalar(value_logits, S, step=self.cfg.support_step).double().cpu().numpy(),
+        forest.set_roots(logits.float().cpu().numpy(), self.value_of(value_logits).double().cpu().numpy(),
                          None if legal is None else np.ascontiguousarray(legal, bool))
         forest.run(model_fn)
         return forest.results(temperature)
+
+    def value_of(self, value_logits: torch.Tensor) -> torch.Tensor:
+        """Scalar values of value-head logits (the value support: ``support_step * {-S..S}`` after ``h``)."""
+        return support_to_scalar(value_logits, self.cfg.support_size, step=self.cfg.support_step)
 
     def policy_target(self, result) -> np.ndarray:
         """The stored policy: visit fractions (pUCT) or Gumbel's improved policy (both ``improved_policy``)."""
@@ -601,7 +604,7 @@ class MuZero(Agent):
         """Target-network values of the observations at ``position`` (``[rows, J]`` offsets into the windows)."""
         flat = self._flat_observations(batch, position.cpu().numpy())
         _, value_logits = self.target_net.prediction(self.target_net.representation(flat.to(self.device)))
-        return support_to_scalar(value_logits, self.cfg.support_size, step=self.cfg.support_step).view(position.shape)
+        return self.value_of(value_logits).view(position.shape)
 
     def _bootstrap_values(self, batch, position: torch.Tensor) -> torch.Tensor:
         """Values ``[B, K+1]`` of the observations at the bootstrap positions (``value_bootstrap``).
@@ -692,7 +695,7 @@ class MuZero(Agent):
                 reward_loss = torch.zeros_like(per_sample)
             logits, value_logits = net.prediction(latent)
             if k == 0:
-                root_value = support_to_scalar(value_logits.detach(), S, step=cfg.support_step)
+                root_value = self.value_of(value_logits.detach())
             value_loss = -(value_probs[:, k] * F.log_softmax(value_logits, -1)).sum(-1) * targets["value_mask"][:, k]
             log_p = F.log_softmax(logits, -1)
             policy_loss = -(policy[:, k] * log_p).sum(-1) * targets["policy_mask"][:, k]

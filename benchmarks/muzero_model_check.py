@@ -31,7 +31,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents._latent import support_to_scalar  # noqa: E402
 from envs.games.players import _solve_tic_tac_toe  # noqa: E402
 from envs.games.tictactoe import LINES, TicTacToe  # noqa: E402
 from runtime.match_eval import load_agent  # noqa: E402
@@ -88,12 +87,12 @@ def check(agent, path: str, depth: int = 9, seed: int = 0) -> list[dict]:
     o = np.array([sum(1 << c for c in h[1::2]) for h in histories], np.int64)
     x_to_move = np.array([len(h) % 2 == 0 for h in histories])
     over = np.zeros(n, bool)                      # the game ended before this depth
-    net, support = agent.net.eval(), agent.cfg.support_size
+    net = agent.net.eval()
     latent = net.representation(torch.from_numpy(observations(histories)))
     rows = []
     for d in range(depth + 1):
         logits, value_logits = net.prediction(latent)
-        value = support_to_scalar(value_logits, support, step=agent.cfg.support_step).numpy()
+        value = agent.value_of(value_logits).numpy()
         prior = torch.softmax(logits, -1).numpy()
         occupied = ((x | o)[:, None] >> np.arange(9)) & 1 == 1
         ended = over | finished(x, o)
