@@ -112,6 +112,7 @@ class MuZeroConfig(AgentConfig):
     blocks: int = 1                     # residual blocks in representation, dynamics and prediction
     support_size: int = 300             # value support: atoms support_step * {-S..S} in h-space
     support_step: float = 1.0           # spacing of the value atoms (the paper's: 1)
+    zero_init_heads: bool = False       # zero the last layer of the reward, value and policy heads
     reward_support_size: int = 300      # reward support
     # search
     algorithm: str = "puct"             # puct | gumbel
@@ -290,9 +291,24 @@ class ConsistencyHeads(nn.Module):
 def make_model(spec, cfg: MuZeroConfig) -> nn.Module:
     """The model family that fits the observation space, with consistency heads when that loss is on."""
     model = _make_model(spec, cfg)
+    if cfg.zero_init_heads:
+        zero_last_layers(model.reward_head, model.value_head, model.policy_head)
     if cfg.consistency_weight > 0:
         model.consistency = ConsistencyHeads(int(np.prod(model.latent_shape)), cfg.consistency_dim)
     return model
+
+
+def zero_last_layers(*heads: nn.Module) -> None:
+    """Zero the weights and bias of each head's last linear layer, so that a fresh model
+    predicts reward 0, value 0 and a uniform policy whatever its input (LightZero's
+    ``last_linear_layer_init_zero``). With random last layers the expectation over a wide
+    support starts anywhere: on 2S + 1 atoms its spread grows as sqrt(S), and the search
+    then bootstraps from those made-up values until the targets wash them out."""
+    for head in heads:
+        last = head if isinstance(head, nn.Linear) else [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
 
 
 def _make_model(spec, cfg: MuZeroConfig) -> nn.Module:

@@ -383,6 +383,41 @@ def test_conv_model_downsamples_atari_frames_to_6x6_and_keeps_small_boards():
         assert torch.allclose(flat.min(1).values, torch.zeros(3)) and torch.allclose(flat.max(1).values, torch.ones(3))
 
 
+def test_zero_init_heads_start_every_prediction_at_zero_and_still_learn():
+    """``zero_init_heads``: a fresh model (MLP or conv) predicts value 0, reward 0 and a uniform
+    policy for any input; without it the wide support's expectation starts away from 0; and one
+    gradient step moves the zeroed layers."""
+    from agents.muzero import make_model
+    from envs.spec import EnvSpec
+
+    board = EnvSpec("minatar", gym.spaces.Box(0, 1, (4, 10, 10), np.float32), gym.spaces.Discrete(6), 1)
+    vector = EnvSpec("cartpole", gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2), 1)
+    for spec, torso in ((board, "conv"), (vector, "mlp")):
+        values = {}
+        for zero in (False, True):
+            torch.manual_seed(0)
+            cfg = MuZeroConfig(torso=torso, channels=8, blocks=1, hidden=[32], latent_dim=16, support_size=100,
+                               reward_support_size=5, zero_init_heads=zero)
+            model = make_model(spec, cfg).eval()
+            obs = torch.as_tensor(np.stack([spec.observation_space.sample() for _ in range(6)]))
+            with torch.no_grad():
+                latent = model.representation(obs)
+                _, reward = model.dynamics(latent, torch.arange(6) % spec.num_actions)
+                policy, value = model.prediction(latent)
+            values[zero] = support_to_scalar(value, 100)
+            if zero:
+                assert torch.all(reward == 0) and torch.all(value == 0) and torch.all(policy == 0)
+                assert values[zero].abs().max() < 1e-4   # uniform over a symmetric support: 0 up to rounding
+                # the torso keeps its random initialisation
+                assert latent.std() > 0
+                model.train()
+                loss = support_to_scalar(model.prediction(model.representation(obs))[1], 100).sub(3.0).pow(2).mean()
+                loss.backward()
+                assert model.value_head.weight.grad.abs().sum() > 0 if torso == "mlp" else \
+                    model.value_head[-1].weight.grad.abs().sum() > 0
+        assert values[False].abs().max() > 1e-3    # the random last layer gives values away from 0
+
+
 def test_search_bootstrap_reads_stored_root_values_and_the_network_only_after_truncation():
     """value_bootstrap=search: stored root values; a truncated episode's final observation asks the target net."""
     agent = _agent("cartpole", "agent.value_bootstrap=search", "agent.unroll_steps=2", "agent.n_step=2",
