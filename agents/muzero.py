@@ -305,7 +305,7 @@ def zero_last_layers(*heads: nn.Module) -> None:
     support starts anywhere: on 2S + 1 atoms its spread grows as sqrt(S), and the search
     then bootstraps from those made-up values until the targets wash them out."""
     for head in heads:
-        last = head if isinstance(head, nn.Linear) else [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+        last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]   # a Linear head is its own last
         with torch.no_grad():
             last.weight.zero_()
             last.bias.zero_()
@@ -473,7 +473,7 @@ class MuZero(Agent):
         """One batched search from every observation in ``obs``; the learned model is the search's model."""
         from planners.mcts import ModelOutput
 
-        net, S, R = self.net, self.cfg.support_size, self.cfg.reward_support_size
+        net, R = self.net, self.cfg.reward_support_size
         net.eval()
         obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
         B = obs_t.shape[0]
