@@ -383,6 +383,31 @@ def test_conv_model_downsamples_atari_frames_to_6x6_and_keeps_small_boards():
         assert torch.allclose(flat.min(1).values, torch.zeros(3)) and torch.allclose(flat.max(1).values, torch.ones(3))
 
 
+def test_atari_representation_runs_channels_last_and_matches_the_default_layout():
+    """Full-size frames go through channels-last convolutions; the latent and its gradients
+    are those of the same weights in the default layout, and leave in the default layout."""
+    import copy
+
+    from agents._latent import ResidualTorso
+
+    torch.manual_seed(0)
+    fast = ResidualTorso((4, 84, 84), 8, 1, downsample=True, scale=255.0)
+    plain = copy.deepcopy(fast).to(memory_format=torch.contiguous_format)
+    plain.channels_last = False
+    first = fast.stem.net[0].weight
+    assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
+    assert plain.stem.net[0].weight.is_contiguous()
+    obs = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    latent, reference = fast(obs), plain(obs)
+    assert latent.is_contiguous() and latent.shape == reference.shape == (5, 8, 6, 6)
+    assert torch.allclose(latent, reference, atol=1e-4)
+    (latent * torch.arange(latent.numel()).view_as(latent)).sum().backward()
+    (reference * torch.arange(reference.numel()).view_as(reference)).sum().backward()
+    assert torch.allclose(first.grad, plain.stem.net[0].weight.grad, rtol=1e-3, atol=1e-3)
+    small = ResidualTorso((4, 10, 10), 8, 1, downsample=False)   # board-sized planes keep the default layout
+    assert not small.channels_last and small.stem[0].weight.is_contiguous()
+
+
 def test_zero_init_heads_start_every_prediction_at_zero_and_still_learn():
     """``zero_init_heads``: a fresh model (MLP or conv) predicts value 0, reward 0 and a uniform
     policy for any input; without it the wide support's expectation starts away from 0; and the
