@@ -147,7 +147,7 @@ class ResidualTorso(nn.Module):
             self.latent_shape = tuple(self.forward(torch.zeros(2, *input_shape)).shape[1:])
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and obs.dim() == 4:
+        if self.channels_last:
             obs = obs.contiguous(memory_format=torch.channels_last)   # while still uint8: fewer bytes move
         x = obs.float()
         if self.scale != 1.0:
