@@ -26,6 +26,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     import torch
 
     from runtime import checkpoint as ckpt
+    from runtime.allocator import keep_freed_memory
     from runtime.config import validate
     from runtime.errors import UserError
     from runtime.evaluation import record_video, run_episodes, summarize
@@ -38,6 +39,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     settings = validate(merged)
     if settings.run.torch_threads > 0:
         torch.set_num_threads(settings.run.torch_threads)
+    if settings.run.keep_freed_memory:
+        keep_freed_memory()
     env_cfg = OmegaConf.to_container(merged.env, resolve=True)
     if env_cfg.get("kind") == "game":
         return evaluate_game(cfg, data, merged, env_cfg)

@@ -149,7 +149,10 @@ def load_average() -> str:
 def throughput(args) -> dict:
     import torch
 
+    from runtime.allocator import keep_freed_memory
+
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     rows: dict[str, list[dict]] = {"ours_same_network": [], "sb3_dqn": [], "ours_drq_eps": []}
     loads = [load_average()]
     runs = {"ours_same_network": lambda seed: ours_rate(args.game, args.warmup, args.measure, seed, dueling=False),
@@ -172,7 +175,8 @@ def throughput(args) -> dict:
     minutes = (1600 / warm + learn_steps / med["ours_drq_eps"]) / 60
     minutes_cpu = (1600 / warm + learn_steps / med_cpu["ours_drq_eps"]) / 60
     print(f"\n{args.game}, batch 32, 1 update per env step, {args.measure} learning steps after {args.warmup} "
-          f"random ones, median of {args.rounds} round(s), torch threads {args.threads}")
+          f"random ones, median of {args.rounds} round(s), torch threads {args.threads}, "
+          f"freed memory kept: {kept}")
     print(f"{'':28s} {'env steps/s (wall)':>20s} {'env steps per CPU s':>20s}")
     for key, value in med.items():
         print(f"{key:28s} {value:20.1f} {med_cpu[key]:20.1f}")
@@ -183,7 +187,7 @@ def throughput(args) -> dict:
           f"{minutes_cpu:.0f} min with a whole core (target <= 45 min); load averages {loads}")
     return {"figures": {"steps_per_second": med, "steps_per_cpu_second": med_cpu, "rounds": rows,
                         "extrapolated_100k_minutes": minutes, "extrapolated_100k_minutes_whole_core": minutes_cpu,
-                        "load_averages": loads, "game": args.game},
+                        "load_averages": loads, "game": args.game, "keep_freed_memory": kept},
             "ratios": {"ours/sb3_dqn": ratio, "ours/sb3_dqn_cpu_time": ratio_cpu}}
 
 
@@ -318,6 +322,8 @@ def main() -> None:
     parser.add_argument("--measure", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="tune glibc's malloc as train.py does (runtime/allocator.py); both contenders share it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablation-steps", type=int, default=6000)
     parser.add_argument("--ablation-episodes", type=int, default=10)

@@ -113,6 +113,7 @@ class RunConfig:
     debug: bool = False
     runs_root: str = "runs"
     torch_threads: int = 0       # 0: leave torch's default
+    keep_freed_memory: bool = True   # runtime/allocator.py: reuse freed blocks instead of page-faulting anew
     preset: str | None = None    # set by +experiment=<preset>
 
     def validate(self) -> None:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runtime import checkpoint as ckpt
+from runtime.allocator import keep_freed_memory
 from runtime.config import Settings, validate
 from runtime.errors import TrainingDiverged, UserError
 from runtime.evaluation import record_video, run_episodes, summarize
@@ -24,7 +25,7 @@ from runtime.seeding import capture_rng, restore_rng, seed_everything
 
 # Keys a resumed run may change; every other command-line override must match the stored config.
 RESUMABLE_KEYS = ("resume", "total_env_steps", "logger", "debug", "eval.", "checkpoint.", "torch_threads", "device",
-                  "runs_root")
+                  "runs_root", "keep_freed_memory")
 
 
 def _device(name: str) -> torch.device:
@@ -128,6 +129,8 @@ class Trainer:
         s = self.settings
         if s.run.torch_threads > 0:
             torch.set_num_threads(s.run.torch_threads)
+        if s.run.keep_freed_memory:
+            keep_freed_memory()
         seed_everything(s.run.seed)
         self.device = _device(s.run.device)
         self.env_cfg = OmegaConf.to_container(self.cfg.env, resolve=True)
