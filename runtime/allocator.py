@@ -2,10 +2,10 @@
 
 A training step allocates and frees the same large tensors again and again
 (a batch of 32 Atari stacks as floats is 3.6 MB). With glibc's defaults, blocks
-that large are mapped afresh from the kernel and unmapped when freed, or the top
-of the heap is handed back once 128 KB of it is free; either way the next step
-touches new pages and pays a page fault for each (up to a few hundred per DrQ
-update on Atari here).
+that large are mapped afresh from the kernel and unmapped when freed, or the free
+top of the heap is handed back to the kernel (past 128 KB at first, past twice the
+largest block freed so far later); either way the next step touches new pages and
+pays a page fault for each (up to a few hundred per DrQ update on Atari here).
 :func:`keep_freed_memory` raises those thresholds so that freed blocks stay
 in the process and are reused: the process's resident memory stays at its peak
 instead of shrinking between steps. ``keep_freed_memory: false`` in the

@@ -50,3 +50,16 @@ def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch):
 
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     assert allocator.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("setting, calls", [("true", 1), ("false", 0)])
+def test_trainer_applies_the_setting_from_the_config(monkeypatch, tmp_path, setting, calls):
+    from conftest import TINY, compose
+
+    from runtime import trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: seen.append(True) or True)
+    trainer.Trainer(compose(*TINY, f"keep_freed_memory={setting}", f"runs_root={tmp_path}"),
+                    run_dir=tmp_path / "run").build()
+    assert len(seen) == calls
