@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.errors import UserError
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer, np.bool_)):
@@ -68,6 +70,10 @@ def wandb_has_key() -> bool:
         return False
 
 
+# The values W&B accepts in the WANDB_MODE environment variable.
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")
+
+
 class WandbLogger(Logger):
     """Weights & Biases run: project/group/tags from agent, env and experiment, full config."""
 
@@ -76,8 +82,15 @@ class WandbLogger(Logger):
         import wandb
 
         mode = cfg.mode
-        if os.environ.get("WANDB_MODE"):
-            mode = os.environ["WANDB_MODE"]
+        env_mode = os.environ.get("WANDB_MODE")
+        if env_mode is not None and not env_mode.strip():
+            del os.environ["WANDB_MODE"]   # set but empty: W&B itself would refuse it; the config decides
+            env_mode = None
+        if env_mode:
+            if env_mode not in WANDB_ENV_MODES:
+                raise UserError(f"the environment variable WANDB_MODE={env_mode!r} is not a W&B mode",
+                                choices=WANDB_ENV_MODES)
+            mode = env_mode
         elif mode == "auto":
             mode = "online" if wandb_has_key() else "offline"
         self.cfg = cfg

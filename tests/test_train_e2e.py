@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import TINY, only_run_dir, read_jsonl, run_cli
@@ -74,15 +75,24 @@ def test_tensorboard_logger_writes_events(tmp_path):
     assert (run_dir / "metrics.jsonl").stat().st_size > 0
 
 
-def test_wandb_runs_offline_without_a_key(tmp_path):
+@pytest.mark.parametrize("env_mode", [None, ""], ids=["unset", "empty"])
+def test_wandb_runs_offline_without_a_key(tmp_path, env_mode):
     args = [a if a != "logger=none" else "logger=wandb" for a in TINY]
-    env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc"), "HOME": str(tmp_path)}
+    env = {"WANDB_MODE": env_mode, "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc"), "HOME": str(tmp_path)}
     result = run_cli("train.py", *args, f"runs_root={tmp_path / 'runs'}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only_run_dir(tmp_path / "runs")
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline, list(run_dir.iterdir())
     assert (run_dir / "metrics.jsonl").stat().st_size > 0
+
+
+def test_a_misspelt_wandb_mode_in_the_environment_is_a_clear_error(tmp_path):
+    args = [a if a != "logger=none" else "logger=wandb" for a in TINY]
+    result = run_cli("train.py", *args, f"runs_root={tmp_path}", env={"WANDB_MODE": "offlin"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "WANDB_MODE='offlin'" in result.stderr and "offline" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
