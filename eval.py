@@ -23,10 +23,7 @@ from runtime.cli import run_hydra, user_errors
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Load, rebuild, play, summarise; returns what eval.json holds."""
-    import torch
-
     from runtime import checkpoint as ckpt
-    from runtime.allocator import keep_freed_memory
     from runtime.config import validate
     from runtime.errors import UserError
     from runtime.evaluation import record_video, run_episodes, summarize
@@ -37,10 +34,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     merged = OmegaConf.merge(stored, overrides)
     merged.resume = None
     settings = validate(merged)
-    if settings.run.torch_threads > 0:
-        torch.set_num_threads(settings.run.torch_threads)
-    if settings.run.keep_freed_memory:
-        keep_freed_memory()
+    settings.run.apply_to_process()
     env_cfg = OmegaConf.to_container(merged.env, resolve=True)
     if env_cfg.get("kind") == "game":
         return evaluate_game(cfg, data, merged, env_cfg)

@@ -116,6 +116,17 @@ class RunConfig:
     keep_freed_memory: bool = True   # runtime/allocator.py: reuse freed blocks instead of page-faulting anew
     preset: str | None = None    # set by +experiment=<preset>
 
+    def apply_to_process(self) -> None:
+        """The run's process-wide settings: torch's thread count and the allocator (runtime/allocator.py)."""
+        import torch
+
+        from runtime import allocator
+
+        if self.torch_threads > 0:
+            torch.set_num_threads(self.torch_threads)
+        if self.keep_freed_memory:
+            allocator.keep_freed_memory()
+
     def validate(self) -> None:
         if self.total_env_steps <= 0:
             raise UserError("must be > 0", key="total_env_steps")

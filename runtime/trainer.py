@@ -15,7 +15,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runtime import checkpoint as ckpt
-from runtime.allocator import keep_freed_memory
 from runtime.config import Settings, validate
 from runtime.errors import TrainingDiverged, UserError
 from runtime.evaluation import record_video, run_episodes, summarize
@@ -127,10 +126,7 @@ class Trainer:
         from agents import base
 
         s = self.settings
-        if s.run.torch_threads > 0:
-            torch.set_num_threads(s.run.torch_threads)
-        if s.run.keep_freed_memory:
-            keep_freed_memory()
+        s.run.apply_to_process()
         seed_everything(s.run.seed)
         self.device = _device(s.run.device)
         self.env_cfg = OmegaConf.to_container(self.cfg.env, resolve=True)

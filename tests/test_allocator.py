@@ -56,10 +56,10 @@ def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch):
 def test_trainer_applies_the_setting_from_the_config(monkeypatch, tmp_path, setting, calls):
     from conftest import TINY, compose
 
-    from runtime import trainer
+    from runtime import allocator, trainer
 
     seen = []
-    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: seen.append(True) or True)
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: seen.append(True) or True)
     trainer.Trainer(compose(*TINY, f"keep_freed_memory={setting}", f"runs_root={tmp_path}"),
                     run_dir=tmp_path / "run").build()
     assert len(seen) == calls
