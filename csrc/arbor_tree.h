@@ -20,10 +20,17 @@
 #else
 #define ARBOR_HD
 #endif
-// x86-64 host code scores pUCT actions two at a time (see puct_argmax).
+// x86-64 host code scores pUCT actions two at a time (see puct_argmax), or
+// four at a time where the CPU has AVX2 (chosen at run time, see simd_level).
 #if defined(__SSE2__) && !defined(__CUDACC__)
 #define ARBOR_SSE2 1
 #include <emmintrin.h>
+#if defined(__GNUC__) || defined(__clang__)
+#define ARBOR_AVX2 1
+#include <cstdlib>
+#include <cstring>
+#include <immintrin.h>
+#endif
 #endif
 
 namespace arbor {
@@ -191,6 +198,17 @@ ARBOR_HD inline void minmax_update(const TreeView& t, int b, double q) {
 }
 // ---------------------------------------------------------------- node creation
 // Fill node n of tree b from a model output row (logits/legal are A long).
+// probs[a] / total for the legal entries of a softmax row whose illegal
+// entries are already +0.0. A row with a legal entry has total >= 1 (its
+// maximum contributes exp(0)), so dividing the zeros too leaves them +0.0 and
+// every entry gets the bits of the legal-only loop; without the branch on
+// legal[a] the compiler vectorises the divisions. A row with no legal entry
+// (total 0) is left as it is, as that loop would leave it.
+ARBOR_HD inline void divide_row(double* probs, double total, int A) {
+    if (total == 0.0) return;
+    for (int a = 0; a < A; ++a) probs[a] = probs[a] / total;
+}
+
 ARBOR_HD inline void init_node(const TreeView& t, int b, int n, double reward, double value, int terminal,
                                const double* logits, const uint8_t* legal) {
     const int A = t.A;
@@ -241,8 +259,7 @@ ARBOR_HD inline void init_node(const TreeView& t, int b, int n, double reward, d
             }
             legal_out[a] = legal[a] ? 1 : 0;
         }
-        for (int a = 0; a < A; ++a)
-            if (legal[a]) probs[a] = probs[a] / total;
+        divide_row(probs, total, A);
     } else {
         // pUCT: keep the legal logits; ensure_probs() applies the softmax on first use.
         for (int a = 0; a < A; ++a) {
@@ -269,8 +286,7 @@ ARBOR_HD inline void softmax_row(double* probs, const uint8_t* legal, int A) {
             probs[a] = 0.0;
         }
     }
-    for (int a = 0; a < A; ++a)
-        if (legal[a]) probs[a] = probs[a] / total;
+    divide_row(probs, total, A);
 }
 
 // Make node n's probs row the softmax of its logits if it is still lazy.
@@ -421,6 +437,27 @@ ARBOR_HD inline int select_gumbel(const TreeView& t, const Params& p, int b, int
 
 // ---------------------------------------------------------------- pUCT
 #if defined(ARBOR_SSE2)
+// The actions from `from` on, one at a time, for the vector loops below:
+// writes their scores and returns the running maximum m updated with them.
+template <bool VIRTUAL_LOSS>
+inline double puct_tail(const int32_t* ev, const int32_t* ei, const double* eq, const double* prior,
+                        const uint8_t* legal, double shift, double inv_span, double pb_sqrt, double unvisited,
+                        double* score, int from, int A, double m) {
+    for (int a = from; a < A; ++a) {
+        double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
+        int32_t n = ev[a];
+        if (VIRTUAL_LOSS) {
+            if (ei[a] > 0) value_score = value_score * (double)ev[a] / ((double)ev[a] + (double)ei[a]);
+            n += ei[a];
+        }
+        double s = pb_sqrt * prior[a] * (1.0 / ((double)n + 1.0)) + value_score;
+        s = legal[a] ? legal_score(s) : neg_inf();
+        score[a] = s;
+        m = s > m ? s : m;
+    }
+    return m;
+}
+
 // select_puct's scores and their first argmax, two
 // actions per SSE2 instruction (x86-64 only; elsewhere, and on the GPU, the
 // scalar loop in select_puct runs). The same IEEE operations in the same order
@@ -470,21 +507,94 @@ inline int puct_argmax(const int32_t* ev, const int32_t* ei, const double* eq, c
         vmax = _mm_max_pd(s, vmax);
     }
     double m = _mm_cvtsd_f64(_mm_max_sd(vmax, _mm_unpackhi_pd(vmax, vmax)));
-    for (; a < A; ++a) {
-        double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
-        int32_t n = ev[a];
-        if (VIRTUAL_LOSS) {
-            if (ei[a] > 0) value_score = value_score * (double)ev[a] / ((double)ev[a] + (double)ei[a]);
-            n += ei[a];
-        }
-        double s = pb_sqrt * prior[a] * (1.0 / ((double)n + 1.0)) + value_score;
-        s = legal[a] ? legal_score(s) : neg_inf();
-        score[a] = s;
-        m = s > m ? s : m;
-    }
+    m = puct_tail<VIRTUAL_LOSS>(ev, ei, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited, score, a, A, m);
     for (a = 0; a < A; ++a)
         if (score[a] == m) return a;
     return 0;
+}
+#endif
+
+#if defined(ARBOR_AVX2)
+// puct_argmax four actions per AVX2 instruction: the same IEEE operations on
+// each action as the SSE2 version and the scalar loop (blendv selects where
+// those mask with and/andnot; max_pd keeps their NaN rule), so the same bits
+// and the same pick. Compiled for AVX2 only here and called only when the CPU
+// has it (simd_level), so the module still runs on any x86-64.
+template <bool VIRTUAL_LOSS>
+__attribute__((target("avx2"))) int puct_argmax_avx2(const int32_t* ev, const int32_t* ei, const double* eq,
+                                                      const double* prior, const uint8_t* legal, double shift,
+                                                      double inv_span, double pb_sqrt, double unvisited,
+                                                      double* score, int A) {
+    const __m256d vshift = _mm256_set1_pd(shift), vinv = _mm256_set1_pd(inv_span), vpb = _mm256_set1_pd(pb_sqrt);
+    const __m256d vunvisited = _mm256_set1_pd(unvisited);
+    const __m256d one = _mm256_set1_pd(1.0), ninf = _mm256_set1_pd(neg_inf()), zero = _mm256_setzero_pd();
+    const __m256d vlow = _mm256_set1_pd(lowest());
+    const __m256i izero = _mm256_setzero_si256();
+    __m256d vmax = ninf;
+    int a = 0;
+    for (; a + 4 <= A; a += 4) {
+        __m256d n = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(ev + a)));
+        __m256d visited = _mm256_mul_pd(_mm256_sub_pd(_mm256_loadu_pd(eq + a), vshift), vinv);
+        __m256d was_visited = _mm256_cmp_pd(n, zero, _CMP_GT_OQ);
+        __m256d value_score = _mm256_blendv_pd(vunvisited, visited, was_visited);
+        __m256d recip;
+        if (VIRTUAL_LOSS) {
+            __m256d i = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(ei + a)));
+            __m256d n_eff = _mm256_add_pd(n, i);
+            __m256d in_flight = _mm256_cmp_pd(i, zero, _CMP_GT_OQ);
+            __m256d damped = _mm256_div_pd(_mm256_mul_pd(value_score, n), n_eff);
+            value_score = _mm256_blendv_pd(value_score, damped, in_flight);
+            recip = _mm256_div_pd(one, _mm256_add_pd(n_eff, one));
+        } else {
+            recip = _mm256_div_pd(one, _mm256_add_pd(n, one));
+        }
+        __m256d s = _mm256_add_pd(_mm256_mul_pd(_mm256_mul_pd(vpb, _mm256_loadu_pd(prior + a)), recip), value_score);
+        s = _mm256_max_pd(s, vlow);
+        int32_t bytes;
+        std::memcpy(&bytes, legal + a, 4);
+        __m256d is_legal =
+            _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128(bytes)), izero));
+        s = _mm256_blendv_pd(ninf, s, is_legal);
+        _mm256_storeu_pd(score + a, s);
+        vmax = _mm256_max_pd(s, vmax);
+    }
+    __m128d half = _mm_max_pd(_mm256_castpd256_pd128(vmax), _mm256_extractf128_pd(vmax, 1));
+    double m = _mm_cvtsd_f64(_mm_max_sd(half, _mm_unpackhi_pd(half, half)));
+    const int vec_end = a;
+    m = puct_tail<VIRTUAL_LOSS>(ev, ei, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited, score, a, A, m);
+    const __m256d vm = _mm256_set1_pd(m);
+    for (a = 0; a < vec_end; a += 4) {
+        int hits = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(score + a), vm, _CMP_EQ_OQ));
+        if (hits) return a + __builtin_ctz((unsigned)hits);
+    }
+    for (; a < A; ++a)
+        if (score[a] == m) return a;
+    return 0;
+}
+
+// Which vector path the CPU core takes: 2 with AVX2, else 1 (SSE2). Read
+// once when the module loads; ARBOR_SIMD=sse2 in the environment forces the
+// SSE2 path (the tests compare the two).
+inline int detect_simd_level() {
+    const char* forced = std::getenv("ARBOR_SIMD");
+    if (forced && std::strcmp(forced, "sse2") == 0) return 1;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? 2 : 1;
+}
+inline const int simd_level = detect_simd_level();
+#endif
+
+#if defined(ARBOR_SSE2)
+// puct_argmax on the widest vector path this CPU has (the same result on each).
+template <bool VIRTUAL_LOSS>
+inline int puct_argmax_simd(const int32_t* ev, const int32_t* ei, const double* eq, const double* prior,
+                            const uint8_t* legal, double shift, double inv_span, double pb_sqrt, double unvisited,
+                            double* score, int A) {
+#if defined(ARBOR_AVX2)
+    if (simd_level >= 2)
+        return puct_argmax_avx2<VIRTUAL_LOSS>(ev, ei, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited, score, A);
+#endif
+    return puct_argmax<VIRTUAL_LOSS>(ev, ei, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited, score, A);
 }
 #endif
 
@@ -523,7 +633,7 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     // (no scratch stores): the same operations in the same order as writing
     // score[a] and scanning it.
     int best = 0;
-    double best_score = neg_inf();
+    [[maybe_unused]] double best_score = neg_inf();  // used by the scalar loops only
     // A node with no simulation in flight through it has none on its edges
     // either (add_inflight counts the node whenever it counts one of its
     // edges), so its scores are the plain ones: only the nodes on this step's
@@ -531,8 +641,8 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
     if (t.K > 1 && t.inflight[i] > 0) {
         const int32_t* ei = t.edge_inflight + r;
 #if defined(ARBOR_SSE2)
-        best = puct_argmax<true>(ev, ei, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited,
-                                 t.scratch + (int64_t)b * 3 * A, A);
+        best = puct_argmax_simd<true>(ev, ei, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited,
+                                      t.scratch + (int64_t)b * 3 * A, A);
 #else
         for (int a = 0; a < A; ++a) {
             double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
@@ -546,8 +656,8 @@ ARBOR_HD inline int select_puct(const TreeView& t, const Params& p, int b, int n
 #endif
     } else {
 #if defined(ARBOR_SSE2)
-        best = puct_argmax<false>(ev, nullptr, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited,
-                                  t.scratch + (int64_t)b * 3 * A, A);
+        best = puct_argmax_simd<false>(ev, nullptr, eq, prior, legal, shift, inv_span, pb_sqrt, unvisited,
+                                      t.scratch + (int64_t)b * 3 * A, A);
 #else
         for (int a = 0; a < A; ++a) {
             double value_score = ev[a] > 0 ? (eq[a] - shift) * inv_span : unvisited;
@@ -719,29 +829,45 @@ ARBOR_HD inline void cancel_tree(const TreeView& t, int b) {
 ARBOR_HD inline void backup_leaf(const TreeView& t, const Params& p, int b, int k) {
     int64_t slot = (int64_t)b * t.K + k;
     if (t.leaf_kind[slot] == LEAF_NONE) return;
+    // Tree b's rows, the sizes and the min-max range in locals: the int32 and
+    // double stores below could alias t's fields and mm_lo/mm_hi, and the
+    // compiler would reload them on every level. The same operations in the
+    // same order as updating them in place.
+    const int64_t N = t.N, A = t.A;
+    int32_t* visits = t.visits + (int64_t)b * N;
+    int32_t* inflight = t.inflight + (int64_t)b * N;
+    const int32_t* parent = t.parent + (int64_t)b * N;
+    const int32_t* action = t.action + (int64_t)b * N;
+    double* value_sum = t.value_sum + (int64_t)b * N;
+    const double* reward = t.reward + (int64_t)b * N;
+    double* edge_qs = t.edge_q + (int64_t)b * N * A;
+    int32_t* edge_visits = t.edge_visits + (int64_t)b * N * A;
+    int32_t* edge_inflight = t.edge_inflight + (int64_t)b * N * A;
+    const bool batched = t.K > 1;  // in-flight counts exist only with several leaves per step
+    double lo = t.mm_lo[b], hi = t.mm_hi[b];
     int n = t.leaf_node[slot];
-    int64_t i = node_at(t, b, n);
-    double g = t.raw_value[i];
-    const int32_t dec = t.K > 1 ? 1 : 0;
-    t.visits[i] += 1;
-    t.value_sum[i] += g;
-    t.inflight[i] -= dec;
+    double g = t.raw_value[(int64_t)b * N + n];
+    visits[n] += 1;
+    value_sum[n] += g;
+    if (batched) inflight[n] -= 1;
     const double sign = edge_sign(p);
     while (n != 0) {
-        i = node_at(t, b, n);
-        double q = t.reward[i] + sign * (t.value_sum[i] / (double)t.visits[i]);
-        minmax_update(t, b, q);
-        int64_t e = row_at(t, b, t.parent[i]) + t.action[i];
-        t.edge_q[e] = q;
-        t.edge_visits[e] = t.visits[i];
-        t.edge_inflight[e] -= dec;
-        g = t.reward[i] + sign * g;
-        n = t.parent[i];
-        int64_t j = node_at(t, b, n);
-        t.visits[j] += 1;
-        t.value_sum[j] += g;
-        t.inflight[j] -= dec;
+        double q = reward[n] + sign * (value_sum[n] / (double)visits[n]);
+        if (q < lo) lo = q;  // minmax_update
+        if (q > hi) hi = q;
+        const int par = parent[n];
+        int64_t e = (int64_t)par * A + action[n];
+        edge_qs[e] = q;
+        edge_visits[e] = visits[n];
+        if (batched) edge_inflight[e] -= 1;
+        g = reward[n] + sign * g;
+        n = par;
+        visits[n] += 1;
+        value_sum[n] += g;
+        if (batched) inflight[n] -= 1;
     }
+    t.mm_lo[b] = lo;
+    t.mm_hi[b] = hi;
     t.leaf_kind[slot] = LEAF_NONE;
 }
 

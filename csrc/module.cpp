@@ -4,6 +4,8 @@
 #include <nanobind/stl/pair.h>
 #include <string>
 
+#include "arbor_tree.h"
+
 namespace nb = nanobind;
 
 void register_forest(nb::module_& m);
@@ -21,6 +23,16 @@ NB_MODULE(_core, m) {
         return false;
 #endif
     }, "Whether this build compiled the CUDA kernels (csrc/arbor_kernels.cu).");
+    m.def("simd", []() {
+#if defined(ARBOR_AVX2)
+        return std::string(arbor::simd_level >= 2 ? "avx2" : "sse2");
+#elif defined(ARBOR_SSE2)
+        return std::string("sse2");
+#else
+        return std::string("scalar");
+#endif
+    }, "The vector path the tree search's pUCT scoring takes on this CPU: avx2, sse2 or scalar "
+       "(ARBOR_SIMD=sse2 in the environment before import forces sse2).");
     register_forest(m);
     register_replay(m);
     register_augment(m);

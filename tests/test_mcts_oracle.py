@@ -91,13 +91,57 @@ def test_subtree_reuse_matches_oracle(mode: str) -> None:
         run_both(case, model_seed=500 + seed, reuse_rounds=2)
 
 
-@pytest.mark.parametrize("A", [17, 18])
-def test_core_matches_oracle_with_many_actions(A: int) -> None:
-    """Atari-sized action sets, odd and even (the compiled pUCT scores actions in pairs)."""
+@pytest.mark.parametrize("K", [1, 4])
+@pytest.mark.parametrize("A", [9, 17, 18])
+def test_core_matches_oracle_with_many_actions(A: int, K: int) -> None:
+    """Atari-sized action sets (the compiled pUCT scores actions in pairs or fours, then
+    the rest one by one), with and without virtual loss from leaf batching."""
     for seed in range(6):
         case = random_case(31 + seed, "puct", "muzero")
-        case.update(A=A, S=60, K=1)
+        case.update(A=A, S=60, K=K)
         run_both(case, model_seed=900 + seed)
+
+
+SIMD_SCRIPT = """
+import sys
+import numpy as np
+from planners import _core, mcts
+from planners.reference import RandomModel, root_inputs
+out = {"simd": np.array(_core.simd())}
+for A, K, seed in [(18, 1, 0), (18, 4, 1), (9, 2, 2), (17, 1, 3), (6, 3, 4)]:
+    cfg = mcts.SearchConfig(num_simulations=80, leaves_per_step=K, dirichlet_fraction=0.25, unvisited_value="parent")
+    model = RandomModel(A, seed, p_illegal=0.3, p_terminal=0.05, dtype=np.float32)
+    logits, value, legal = root_inputs(8, A, seed, 0.3)
+    forest = mcts.Forest(8, A, cfg)
+    forest.seed(seed)
+    r = mcts.search(logits.astype(np.float32), value, model.core, cfg, legal_mask=legal, forest=forest)
+    out[f"visits{seed}"], out[f"q{seed}"] = r.visit_counts, r.q_values
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_vector_paths_give_the_same_search(tmp_path) -> None:
+    """The AVX2 and the SSE2 scoring (ARBOR_SIMD=sse2 forces the latter) pick the same
+    actions, so whole searches agree exactly. On a CPU without AVX2 both runs take SSE2."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "simd.py"
+    script.write_text(SIMD_SCRIPT)
+    results = {}
+    for name, forced in [("default", None), ("sse2", "sse2")]:
+        env = dict(os.environ)
+        env.pop("ARBOR_SIMD", None)
+        if forced:
+            env["ARBOR_SIMD"] = forced
+        subprocess.run([sys.executable, str(script), str(tmp_path / f"{name}.npz")], env=env, check=True)
+        results[name] = dict(np.load(tmp_path / f"{name}.npz"))
+    assert str(results["sse2"]["simd"]) == "sse2"
+    assert str(results["default"]["simd"]) in ("avx2", "sse2")
+    for key in results["sse2"]:
+        if key != "simd":
+            assert np.array_equal(results["default"][key], results["sse2"][key], equal_nan=True), key
 
 
 class TinyValueModel(RandomModel):
