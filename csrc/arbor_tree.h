@@ -197,7 +197,6 @@ ARBOR_HD inline void minmax_update(const TreeView& t, int b, double q) {
     if (q > t.mm_hi[b]) t.mm_hi[b] = q;
 }
 // ---------------------------------------------------------------- node creation
-// Fill node n of tree b from a model output row (logits/legal are A long).
 // probs[a] / total for the legal entries of a softmax row whose illegal
 // entries are already +0.0. A row with a legal entry has total >= 1 (its
 // maximum contributes exp(0)), so dividing the zeros too leaves them +0.0 and
@@ -209,6 +208,7 @@ ARBOR_HD inline void divide_row(double* probs, double total, int A) {
     for (int a = 0; a < A; ++a) probs[a] = probs[a] / total;
 }
 
+// Fill node n of tree b from a model output row (logits/legal are A long).
 ARBOR_HD inline void init_node(const TreeView& t, int b, int n, double reward, double value, int terminal,
                                const double* logits, const uint8_t* legal) {
     const int A = t.A;

@@ -31,7 +31,7 @@ inline void cpu_relax() {
 // pauses > 0 they first busy-wait on the CPU's spin-loop hint, which picks up
 // a job a few microseconds away without a system call (each yield costs about
 // a microsecond in the kernel); the search forest's pool does, so that two
-// threads pay off from 64 trees up.
+// threads pay off from about 16 trees up.
 class Pool {
    public:
     // spin: how many times an idle worker yields before sleeping (0: sleep at once);
