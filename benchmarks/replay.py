@@ -155,8 +155,13 @@ def main() -> None:
     parser.add_argument("--save-dir", default=None, help="where the save/load round trip writes its temporary file")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads for every contender (1: stable timings on a shared machine)")
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="tune glibc's malloc as train.py does (runtime/allocator.py); every contender shares it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from runtime.allocator import keep_freed_memory
+
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     if args.quick:
         args.capacity, args.torchrl_capacity, args.rounds = 2_000, 1_000, 1
     budget = 0.01 if args.quick else 0.4
@@ -298,7 +303,8 @@ def main() -> None:
         "ours_prioritized/ours_uniform_sample_speed_b256": 1 / 1.5,
     }
     print(f"replay benchmark: capacity {args.capacity}, {NUM_ENVS} envs, {STACK}x{FRAME[0]}x{FRAME[1]} uint8, "
-          f"{ACTIONS} actions, torch {torch.__version__}, {torch.get_num_threads()} threads"
+          f"{ACTIONS} actions, torch {torch.__version__}, {torch.get_num_threads()} threads, freed memory "
+          + ("kept for reuse" if kept else "returned to the kernel (glibc's defaults)")
           + ("" if trl is not None else f" ({trl_note})"))
     print(f"{'figure':<44}{'value':>14}")
     for name, value in figures.items():
@@ -309,7 +315,7 @@ def main() -> None:
         status = "" if target is None else ("yes" if value >= target else "NO")
         print(f"{name:<52}{value:>9.2f}{'' if target is None else format(target, '9.2f'):>9}  {status}")
     if args.json:
-        print(json.dumps({"benchmark": "replay", "figures": figures, "ratios": ratios}))
+        print(json.dumps({"benchmark": "replay", "figures": figures, "ratios": ratios, "keep_freed_memory": kept}))
 
 
 if __name__ == "__main__":
