@@ -24,7 +24,8 @@ inline void cpu_relax() {
 
 // ---------------------------------------------------------------- thread pool
 // Persistent workers; run(n, f) calls f(begin, end) on contiguous, disjoint
-// ranges of [0, n), the calling thread taking the first. Trees never share
+// ranges of [0, n), the calling thread taking the first, and then any range
+// whose worker has not started it yet (a descheduled worker is not waited for). Trees never share
 // state, so results do not depend on the number of threads or on the split.
 // Workers spin briefly between jobs (a search issues two jobs per simulation
 // step, microseconds apart) and then sleep on a condition variable. With
@@ -38,7 +39,9 @@ class Pool {
     // pauses: how many spin-loop hints it issues before those yields (and the
     // caller before yielding while it waits for the workers).
     explicit Pool(int threads, int spin = 2000, int pauses = 0)
-        : threads_(std::max(1, threads)), spin_(std::max(0, spin)), pauses_(std::max(0, pauses)) {
+        : threads_(std::max(1, threads)), spin_(std::max(0, spin)), pauses_(std::max(0, pauses)),
+          claimed_(threads_) {
+        for (auto& c : claimed_) c.store(0);
         for (int w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { loop(w); });
     }
     ~Pool() {
@@ -58,16 +61,24 @@ class Pool {
             if (n > 0) f(0, n);
             return;
         }
+        uint64_t gen;
         {
             std::lock_guard<std::mutex> lk(m_);
             job_ = &f;
             n_ = n;
             parts_ = parts;
             pending_.store(parts - 1);
-            generation_.fetch_add(1);
+            gen = generation_.fetch_add(1) + 1;
         }
         cv_.notify_all();
         f(0, n / parts);
+        // Parts whose worker has not started yet (descheduled, or still
+        // waking) are run here rather than waited for.
+        for (int w = 1; w < parts; ++w)
+            if (claim(w, gen)) {
+                f((int)((int64_t)n * w / parts), (int)((int64_t)n * (w + 1) / parts));
+                pending_.fetch_sub(1);
+            }
         for (int spin = 0; spin < pauses_ && pending_.load() != 0; ++spin) cpu_relax();
         for (int spin = 0; spin < spin_ && pending_.load() != 0; ++spin) std::this_thread::yield();
         if (pending_.load() != 0) {
@@ -93,7 +104,7 @@ class Pool {
                 n = n_;
                 parts = parts_;
             }
-            if (w < parts && job) {
+            if (w < parts && job && claim(w, seen)) {
                 int b0 = (int)((int64_t)n * w / parts), b1 = (int)((int64_t)n * (w + 1) / parts);
                 (*job)(b0, b1);
                 if (pending_.fetch_sub(1) == 1) {
@@ -103,9 +114,17 @@ class Pool {
             }
         }
     }
+    // Part w of job generation gen goes to whoever claims it first: its worker
+    // or the caller. A worker that wakes after the caller took its part (or
+    // after a later job began) claims nothing.
+    bool claim(int w, uint64_t gen) {
+        uint64_t prev = claimed_[w].load();
+        return prev < gen && claimed_[w].compare_exchange_strong(prev, gen);
+    }
     int threads_;
     int spin_;
     int pauses_;
+    std::vector<std::atomic<uint64_t>> claimed_;  // per part: the last job generation that claimed it
     std::vector<std::thread> workers_;
     std::mutex m_;
     std::condition_variable cv_, done_cv_;
