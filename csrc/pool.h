@@ -25,8 +25,9 @@ inline void cpu_relax() {
 // ---------------------------------------------------------------- thread pool
 // Persistent workers; run(n, f) calls f(begin, end) on contiguous, disjoint
 // ranges of [0, n), the calling thread taking the first, and then any range
-// whose worker has not started it yet (a descheduled worker is not waited for). Trees never share
-// state, so results do not depend on the number of threads or on the split.
+// whose worker has not started it yet (a descheduled worker is not waited
+// for). Trees never share state, so results do not depend on the number of
+// threads, on the split or on who runs which range.
 // Workers spin briefly between jobs (a search issues two jobs per simulation
 // step, microseconds apart) and then sleep on a condition variable. With
 // pauses > 0 they first busy-wait on the CPU's spin-loop hint, which picks up
