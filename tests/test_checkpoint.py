@@ -63,6 +63,17 @@ def test_plain_pickle_and_foreign_files_are_refused(tmp_path):
         ckpt.load(tmp_path / "other.pt")
 
 
+@pytest.mark.parametrize("seed", [0, 17, 54, 62, 941])
+def test_random_garbage_is_refused_as_corrupt(tmp_path, seed):
+    """4 KB of random bytes: the unpickler fails in many ways (seed 0: UnpicklingError,
+    17: IndexError, 54: UnicodeDecodeError, 62: KeyError, 941: RuntimeError); every one
+    must come out as the clear corrupt-checkpoint error."""
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(UserError, match="corrupt"):
+        ckpt.load(path)
+
+
 def test_run_directory_resolves_to_latest(tmp_path):
     ckpt.save(tmp_path / "checkpoints" / "latest.pt", payload())
     assert ckpt.load(tmp_path)["progress"]["steps"] == 7
