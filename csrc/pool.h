@@ -72,12 +72,12 @@ class Pool {
             gen = generation_.fetch_add(1) + 1;
         }
         cv_.notify_all();
-        f(0, n / parts);
+        f(0, part_end(n, 0, parts));
         // Parts whose worker has not started yet (descheduled, or still
         // waking) are run here rather than waited for.
         for (int w = 1; w < parts; ++w)
             if (claim(w, gen)) {
-                f((int)((int64_t)n * w / parts), (int)((int64_t)n * (w + 1) / parts));
+                f(part_end(n, w - 1, parts), part_end(n, w, parts));
                 pending_.fetch_sub(1);
             }
         for (int spin = 0; spin < pauses_ && pending_.load() != 0; ++spin) cpu_relax();
@@ -106,8 +106,7 @@ class Pool {
                 parts = parts_;
             }
             if (w < parts && job && claim(w, seen)) {
-                int b0 = (int)((int64_t)n * w / parts), b1 = (int)((int64_t)n * (w + 1) / parts);
-                (*job)(b0, b1);
+                (*job)(part_end(n, w - 1, parts), part_end(n, w, parts));
                 if (pending_.fetch_sub(1) == 1) {
                     std::lock_guard<std::mutex> lk(m_);
                     done_cv_.notify_one();
@@ -115,6 +114,8 @@ class Pool {
             }
         }
     }
+    // Part w of n items split into `parts` is [part_end(w - 1), part_end(w)).
+    static int part_end(int n, int w, int parts) { return (int)((int64_t)n * (w + 1) / parts); }
     // Part w of job generation gen goes to whoever claims it first: its worker
     // or the caller. A worker that wakes after the caller took its part (or
     // after a later job began) claims nothing.
