@@ -3,7 +3,7 @@
 Storage model ("observation streams")
 -------------------------------------
 Each env slot owns a circular stream of ``rows = ceil(capacity / num_envs)``
-rows; all fields are preallocated arrays of shape ``(rows, num_envs, ...)``.
+rows; all fields are preallocated arrays of shape ``(num_envs, rows, ...)``.
 A row holds one observation (or, with ``frame_stack=k``, only its newest frame)
 and, if an action was taken from it, that step's action, reward and flags.
 The next observation of row ``g`` is always row ``g + 1`` of the same stream:
@@ -53,9 +53,15 @@ except (ImportError, AttributeError):  # pragma: no cover - the package build al
 HAS_TRANSITION = np.uint8(1)
 TERMINATED = np.uint8(2)
 TRUNCATED = np.uint8(4)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: storage arrays hold only the rows written so far (version 1 held all; both load)
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """True if ``a`` is ``b``'s very memory (same start, shape and strides)."""
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape \
+        and a.strides == b.strides and a.dtype == b.dtype
 
 
 def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
@@ -249,7 +255,7 @@ class ReplayBase:
         """Bytes held by the preallocated storage (plus the priority tree)."""
         total = sum(int(a.nbytes) for a in self._arrays.values())
         if self._tree is not None:
-            total += int(self._tree.tree.nbytes)
+            total += self._tree.nbytes
         return total
 
     # ---------------------------------------------------------------------- add
@@ -755,8 +761,19 @@ class ReplayBase:
         return {"num_transitions": int(self._num_transitions), "sample_calls": int(self._sample_calls),
                 "max_priority": float(self._max_priority), "rng": json.dumps(self._rng.bit_generator.state)}
 
+    def _saved_rows(self) -> int:
+        """Rows per env a saved state holds. Rows from ``max(written)`` on were never
+        written: while they are at least half of each stream they are left out (a
+        100k-row Atari buffer 300 steps into a run saves 2 MB, not 700 MB of zeros),
+        at the cost of a copy of the rows kept (they are not contiguous in memory).
+        Past half, every row is saved as it lies, without a copy."""
+        n = min(self._max_written, self.rows)
+        return n if 2 * n <= self.rows else self.rows
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"storage." + name: arr for name, arr in self._arrays.items()}
+        n = self._saved_rows()
+        arrays = {"storage." + name: (arr if n == self.rows else np.ascontiguousarray(arr[:, :n]))
+                  for name, arr in self._arrays.items()}
         arrays["pointer.written"] = self._written
         arrays["pointer.head"] = self._head
         arrays["pointer.ep_start"] = self._ep_start
@@ -781,7 +798,7 @@ class ReplayBase:
         """Restore from :meth:`state_dict`; everything is validated before anything changes."""
         if state.get("format") != "arbor-replay" or state.get("kind") != self._kind:
             raise ValueError(f"not a {self._kind} state (format={state.get('format')!r}, kind={state.get('kind')!r})")
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"replay state version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
         config = state["config"]
         config = json.loads(config) if isinstance(config, str) else dict(config)
@@ -794,20 +811,37 @@ class ReplayBase:
         expected = self._state_arrays()
         if set(arrays) != set(expected):
             raise ValueError(f"replay state arrays {sorted(arrays)} do not match {sorted(expected)}")
+        written = arrays["pointer.written"]
+        if written.shape != self._written.shape or written.dtype != self._written.dtype or np.any(written < 0):
+            raise ValueError(f"replay state array 'pointer.written' has shape {written.shape} dtype {written.dtype}; "
+                             f"expected {self._written.shape} {self._written.dtype}, no negative entries")
+        # Storage holds each env's first rows, at least those written so far (version 1: every row).
+        n = arrays["storage.flags"].shape[1] if arrays["storage.flags"].ndim == 2 else -1
+        if not min(int(written.max()), self.rows) <= n <= self.rows:
+            n = self.rows
         for name, target in expected.items():
-            if arrays[name].shape != target.shape or arrays[name].dtype != target.dtype:
+            shape = target.shape
+            if name.startswith("storage."):
+                full = self._arrays[name[len("storage."):]].shape
+                shape = full[:1] + (n,) + full[2:]
+            if arrays[name].shape != shape or arrays[name].dtype != target.dtype:
                 raise ValueError(f"replay state array {name!r} has shape {arrays[name].shape} dtype "
-                                 f"{arrays[name].dtype}; expected {target.shape} {target.dtype}")
+                                 f"{arrays[name].dtype}; expected {shape} {target.dtype}")
         if self._tree is not None:
             leaves = arrays["priority.leaves"]
             if np.any(leaves < 0) or not np.all(np.isfinite(leaves)):
                 raise ValueError("replay state has invalid priorities")
         rng = np.random.default_rng()
         rng.bit_generator.state = json.loads(state["rng"])
-        # Validated: now mutate.
+        # Validated: now mutate. Rows past the saved ones were never written: a buffer
+        # that held data clears them, a new one is zeros there already.
+        used = self._max_written > 0
         for name, arr in self._arrays.items():
-            if arrays["storage." + name] is not arr:  # load() reads straight into the storage
-                arr[...] = arrays["storage." + name]
+            saved, kept = arrays["storage." + name], arr[:, :n]
+            if not _same_memory(saved, kept):  # load() reads full-size arrays straight into the storage
+                kept[...] = saved
+            if used and n < self.rows:
+                arr[:, n:] = 0
         self._written = arrays["pointer.written"].astype(np.int64, copy=True)
         self._max_written = int(self._written.max())
         self._head = arrays["pointer.head"].astype(np.int64, copy=True)
@@ -842,7 +876,11 @@ class ReplayBase:
             raise ValueError(f"{os.fspath(path)!r} has an unusable config: {exc}") from None
         # Storage arrays are read (and checksummed) straight into the new buffer: one pass,
         # no second copy, and with the mmap backend no full copy in RAM either.
-        into = {"storage." + name: arr for name, arr in buf._arrays.items()}
-        meta, arrays = fileformat.read(path, into=into, header=header)
+        meta, arrays = fileformat.read(path, into=buf._storage_targets(), header=header)
         buf.load_state_dict({**meta, "arrays": arrays})
         return buf
+
+    def _storage_targets(self) -> dict[str, np.ndarray]:
+        """What ``fileformat.read`` may read straight into: the storage arrays (used
+        when the file holds every row; a file that holds fewer is read, then copied)."""
+        return {"storage." + name: arr for name, arr in self._arrays.items()}

@@ -36,6 +36,11 @@ class SumTree:
         self._blocks = [level.reshape(-1, self.fanout) for level in self.levels[:-1]]
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held by the tree's levels."""
+        return sum(int(level.nbytes) for level in self.levels)
+
+    @property
     def total(self) -> float:
         """Sum of all leaves."""
         return float(self.levels[-1][0])
@@ -73,7 +78,7 @@ class SumTree:
 
     def set_all(self, leaves: np.ndarray) -> None:
         """Replace every leaf and rebuild the whole tree."""
-        leaves = np.asarray(leaves, dtype=np.float64)
+        leaves = np.array(leaves, dtype=np.float64)  # a copy: ``leaves`` may be a view of this tree's own leaves
         if leaves.shape != (self.capacity,):
             raise ValueError(f"expected {self.capacity} leaves, got shape {leaves.shape}")
         if leaves.size and (leaves.min() < 0 or not np.isfinite(leaves).all()):

@@ -157,6 +157,11 @@ class Trainer:
         self.recent_returns.extend(float(r) for r in p["recent_returns"])
         self.wandb_id = p.get("wandb_id")
         restore_rng(data["rng"])
+        before, now = data["config"].get("total_env_steps"), self.settings.run.total_env_steps
+        if before is not None and int(before) != now:
+            print(f"note: total_env_steps is now {now:,} (was {int(before):,}); schedules set as fractions of the run "
+                  "(exploration epsilon, learning-rate decay, MuZero's visit temperature) are spread over the new "
+                  "total from here on.", file=sys.stderr)
         if self.env is not None and hasattr(self.env, "pop_episodes"):
             if data.get("env") is not None:
                 restore_env_state(self.env, data["env"])

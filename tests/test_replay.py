@@ -63,6 +63,9 @@ def test_memory_is_one_frame_per_row():
                            n_step=3, frame_stack=4)
     per_row = buf.nbytes / (buf.rows * buf.num_envs)
     assert 84 * 84 <= per_row < 84 * 84 + 16  # one frame + action/reward/flags
+    prioritized = TransitionReplay(10_000, gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(18), 8,
+                                   n_step=3, frame_stack=4, prioritized=True)
+    assert 8 * 10_000 <= prioritized.nbytes - buf.nbytes < 9 * 10_000  # the sum tree's float64 leaves and levels
 
 
 def test_state_dict_round_trip_through_torch_save_weights_only():
@@ -83,6 +86,48 @@ def test_state_dict_round_trip_through_torch_save_weights_only():
     fill_atari(buf, 5, seed=7)
     fill_atari(twin, 5, seed=7)
     assert_batches_equal(buf.sample(16), twin.sample(16))
+
+
+def test_a_young_buffer_saves_only_the_rows_it_wrote(tmp_path):
+    plain = make_atari(capacity=4000)                   # 1000 rows per env
+    fill_atari(plain, 40)
+    blob = io.BytesIO()
+    torch.save(plain.state_dict(), blob)
+    assert len(blob.getvalue()) < 0.1 * plain.nbytes
+    assert plain.save(tmp_path / "plain.arbor-replay") < 0.1 * plain.nbytes
+    buf = make_atari(capacity=4000, prioritized=True)
+    fill_atari(buf, 40)
+    rows_written = int(buf.state_dict()["arrays"]["pointer.written"].max())
+    state = buf.state_dict()
+    assert state["arrays"]["storage.obs"].shape == (4, rows_written, 8, 8)
+    buf.save(tmp_path / "young.arbor-replay")
+    # into a new buffer, from the file and from the state dict, and into one that held other data
+    used = make_atari(capacity=4000, prioritized=True)
+    fill_atari(used, 700, seed=9)                       # more rows than the saved state holds
+    twins = [TransitionReplay.load(tmp_path / "young.arbor-replay"), make_atari(capacity=4000, prioritized=True), used]
+    twins[1].load_state_dict(state)
+    used.load_state_dict(state)
+    assert np.array_equal(used._arrays["obs"][:, rows_written:], np.zeros_like(used._arrays["obs"][:, rows_written:]))
+    for twin in twins:
+        assert len(twin) == len(buf)
+        assert_batches_equal(buf.sample(64), twin.sample(64))
+        buf.load_state_dict(state)                      # rewind the sampler for the next twin
+    # past half of each stream every row is saved, without a copy
+    fill_atari(buf, 600, seed=1)
+    assert buf.state_dict()["arrays"]["storage.obs"].shape == (4, 1000, 8, 8)
+    assert np.shares_memory(buf.state_dict()["arrays"]["storage.obs"].numpy(), buf._arrays["obs"])
+
+
+def test_version_1_states_with_every_row_still_load():
+    buf = make_atari(capacity=4000)
+    fill_atari(buf, 40)
+    state = buf.state_dict()
+    state["version"] = 1
+    state["arrays"] = {name: (torch.from_numpy(buf._arrays[name[len("storage."):]]) if name.startswith("storage.")
+                              else arr) for name, arr in state["arrays"].items()}
+    twin = make_atari(capacity=4000)
+    twin.load_state_dict(state)
+    assert_batches_equal(buf.sample(32), twin.sample(32))
 
 
 def test_load_state_dict_rejects_mismatch_and_changes_nothing():

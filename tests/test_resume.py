@@ -55,11 +55,13 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch, sett
     assert resumed["eval/return_mean"] == straight["eval/return_mean"]
 
 
-def test_resume_may_extend_the_budget(tmp_path):
+def test_resume_may_extend_the_budget(tmp_path, capsys):
     Trainer(compose(*SETTINGS), run_dir=tmp_path / "run").run()
     given = [f"resume={tmp_path / 'run'}", "total_env_steps=2400"]
     extended = Trainer(compose(*given), run_dir=tmp_path / "unused", overrides=given).run()
     assert extended["status"] == "finished"
+    # schedules are fractions of the run: the user is told they now follow the new total
+    assert "total_env_steps is now 2,400 (was 2,000)" in capsys.readouterr().err
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert max(r["env_steps"] for r in records) >= 2400
     # everything not given on the command line comes from the stored run, not from today's defaults
