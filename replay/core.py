@@ -874,13 +874,10 @@ class ReplayBase:
             buf = cls._from_config(json.loads(meta["config"]), device=device, storage=storage, path=storage_path)
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{os.fspath(path)!r} has an unusable config: {exc}") from None
-        # Storage arrays are read (and checksummed) straight into the new buffer: one pass,
-        # no second copy, and with the mmap backend no full copy in RAM either.
-        meta, arrays = fileformat.read(path, into=buf._storage_targets(), header=header)
+        # Storage arrays that hold every row are read (and checksummed) straight into the
+        # new buffer: one pass, no second copy, and with the mmap backend no full copy in
+        # RAM either. A buffer saved less than half full is read, then copied in.
+        into = {"storage." + name: arr for name, arr in buf._arrays.items()}
+        meta, arrays = fileformat.read(path, into=into, header=header)
         buf.load_state_dict({**meta, "arrays": arrays})
         return buf
-
-    def _storage_targets(self) -> dict[str, np.ndarray]:
-        """What ``fileformat.read`` may read straight into: the storage arrays (used
-        when the file holds every row; a file that holds fewer is read, then copied)."""
-        return {"storage." + name: arr for name, arr in self._arrays.items()}

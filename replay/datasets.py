@@ -210,7 +210,8 @@ def load_dataset(path: str | os.PathLike, *, gamma: float | None = None, seed: i
         config["gamma"] = float(gamma)
     config["prioritized"] = False
     buf = TransitionReplay._from_config(config, device=device, storage=storage, path=storage_path)
-    meta, arrays = fileformat.read(path, into=buf._storage_targets(), header=header)
+    into = {"storage." + name: arr for name, arr in buf._arrays.items()}
+    meta, arrays = fileformat.read(path, into=into, header=header)
     arrays = {name: value for name, value in arrays.items() if not name.startswith("priority.")}
     buf.load_state_dict({**meta, "config": json.dumps(config, sort_keys=True), "arrays": arrays,
                          "max_priority": 1.0})
