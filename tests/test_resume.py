@@ -22,7 +22,7 @@ MINATAR = [a for a in SETTINGS if a != "env=cartpole"] + ["env=minatar", "env.nu
 
 
 @pytest.mark.parametrize("settings", [SETTINGS, MINATAR], ids=["cartpole", "minatar"])
-def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch, settings):
+def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch, capsys, settings):
     """Both env kinds whose state is snapshotted: the resumed run's whole log equals the straight one's."""
     straight = Trainer(compose(*settings), run_dir=tmp_path / "straight").run()
     assert straight["status"] == "finished"
@@ -44,8 +44,10 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, monkeypatch, sett
     assert (tmp_path / "resumed" / "checkpoints" / "latest.pt").is_file()
 
     resume = [f"resume={tmp_path / 'resumed'}"]
+    capsys.readouterr()
     resumed = Trainer(compose(*settings, *resume), run_dir=tmp_path / "unused", overrides=resume).run()
     assert resumed["status"] == "finished"
+    assert "total_env_steps is now" not in capsys.readouterr().err   # the budget did not change
     assert resumed["run_dir"] == str(tmp_path / "resumed")
 
     a = without_timing(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
