@@ -770,8 +770,10 @@ class ReplayBase:
         n = min(self._max_written, self.rows)
         return n if 2 * n <= self.rows else self.rows
 
-    def _state_arrays(self) -> dict[str, np.ndarray]:
-        n = self._saved_rows()
+    def _state_arrays(self, rows: int | None = None) -> dict[str, np.ndarray]:
+        """The saved arrays; storage trimmed to ``rows`` per env (default: :meth:`_saved_rows`;
+        ``self.rows`` gives the storage itself, no copy)."""
+        n = self._saved_rows() if rows is None else rows
         arrays = {"storage." + name: (arr if n == self.rows else np.ascontiguousarray(arr[:, :n]))
                   for name, arr in self._arrays.items()}
         arrays["pointer.written"] = self._written
@@ -808,7 +810,7 @@ class ReplayBase:
         if diff:
             raise ValueError(f"replay state does not match this buffer's configuration: {diff} differ")
         arrays = {name: _to_numpy(value, name) for name, value in state["arrays"].items()}
-        expected = self._state_arrays()
+        expected = self._state_arrays(rows=self.rows)  # names, dtypes and full shapes, without a copy
         if set(arrays) != set(expected):
             raise ValueError(f"replay state arrays {sorted(arrays)} do not match {sorted(expected)}")
         written = arrays["pointer.written"]
@@ -820,10 +822,7 @@ class ReplayBase:
         if not min(int(written.max()), self.rows) <= n <= self.rows:
             n = self.rows
         for name, target in expected.items():
-            shape = target.shape
-            if name.startswith("storage."):
-                full = self._arrays[name[len("storage."):]].shape
-                shape = full[:1] + (n,) + full[2:]
+            shape = target.shape[:1] + (n,) + target.shape[2:] if name.startswith("storage.") else target.shape
             if arrays[name].shape != shape or arrays[name].dtype != target.dtype:
                 raise ValueError(f"replay state array {name!r} has shape {arrays[name].shape} dtype "
                                  f"{arrays[name].dtype}; expected {shape} {target.dtype}")
