@@ -62,7 +62,17 @@ become nearly deterministic otherwise has no gradient back (CartPole seed 2 coll
 consistency loss (Ye et al. 2021), off unless ``consistency_weight = lambda_c > 0``
 (EfficientZero: 2): the unrolled latent ``s^k``, through a projection ``G`` and a
 predictor ``P``, should point where the representation of the real observation
-``o_{t+k}`` points; masked past the episode's end. The value prefix is not implemented.
+``o_{t+k}`` points; masked past the episode's end.
+
+**Value prefix** (EfficientZero, off unless ``value_prefix``): the reward output of
+the dynamics becomes an LSTM over the unrolled steps, whose head predicts the sum of
+the rewards since the last reset (``r^1 + ... + r^k``) instead of ``r^k`` alone; the
+LSTM state and the sum restart every ``lstm_horizon`` steps. Its target replaces the
+reward target in the loss (:func:`value_prefix_targets`). The search carries each
+node's LSTM state, prefix and depth, and gives an edge the reward ``prefix(child) -
+prefix(parent)`` (``prefix(child)`` where the parent starts a new prefix: the root and
+every ``lstm_horizon``-th depth). Predicting a sum lets the model place a reward without
+knowing its exact step, which EfficientZero found easier to learn. One-player tasks only.
 New positions enter the replay with the maximum priority; after each update a sampled
 start gets priority ``|v^0 - z_t|`` (``alpha``, ``beta`` from the paper).
 
@@ -151,6 +161,9 @@ class MuZeroConfig(AgentConfig):
     value_loss_weight: float = 0.25
     consistency_weight: float = 0.0     # lambda_c: EfficientZero's self-supervised consistency loss (0: off)
     consistency_dim: int = 128          # projection width of that loss
+    value_prefix: bool = False          # EfficientZero's value prefix: an LSTM over the unroll predicts summed rewards
+    lstm_hidden: int = 64               # its LSTM width (EfficientZero Atari: 512)
+    lstm_horizon: int = 5               # steps after which the prefix restarts from 0 (EfficientZero: 5)
     policy_entropy_weight: float = 0.0  # c_H: subtract c_H * H(p^k) (off in the paper; keeps small-action policies alive)
     max_grad_norm: float = 5.0
     prioritized: bool = True
@@ -185,6 +198,7 @@ class MuZeroConfig(AgentConfig):
             "weight_decay": self.weight_decay >= 0, "value_loss_weight": self.value_loss_weight >= 0,
             "policy_entropy_weight": self.policy_entropy_weight >= 0,
             "consistency_weight": self.consistency_weight >= 0, "consistency_dim": self.consistency_dim >= 1,
+            "lstm_hidden": self.lstm_hidden >= 1, "lstm_horizon": self.lstm_horizon >= 1,
             "max_grad_norm": self.max_grad_norm > 0, "priority_alpha": self.priority_alpha >= 0,
             "priority_beta": self.priority_beta >= 0,
         }
@@ -194,7 +208,43 @@ class MuZeroConfig(AgentConfig):
 
 
 # ============================================================================= networks
-class MLPModel(nn.Module):
+class _Model(nn.Module):
+    """What the MLP and convolutional models share: the reward or value-prefix output of the dynamics.
+
+    Subclasses define ``_dynamics_features(latent, action) -> (next_latent, features)``,
+    ``reward_head`` and, with ``value_prefix``, ``prefix_lstm`` (else None).
+    """
+
+    prefix_lstm: nn.LSTMCell | None
+
+    def dynamics(self, latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next latent state and reward logits (models without a value prefix)."""
+        if self.prefix_lstm is not None:
+            raise RuntimeError("this model predicts value prefixes: call dynamics_prefix with the LSTM state")
+        next_latent, features = self._dynamics_features(latent, action)
+        return next_latent, self.reward_head(features)
+
+    def dynamics_prefix(self, latent: torch.Tensor, action: torch.Tensor,
+                        hidden: tuple[torch.Tensor, torch.Tensor] | None
+                        ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Next latent state, value-prefix logits and the LSTM state ``(h, c)`` after this step
+        (``hidden=None``: the zero state, where a prefix starts)."""
+        next_latent, features = self._dynamics_features(latent, action)
+        h, c = self.prefix_lstm(features, hidden)
+        return next_latent, self.reward_head(h), (h, c)
+
+
+def _prefix_head(width: int, hidden: list[int], out: int) -> nn.Sequential:
+    """LSTM output -> LayerNorm -> ReLU -> MLP -> support logits (EfficientZero's, LayerNorm
+    for its BatchNorm so that training and evaluation modes agree)."""
+    layers: list[nn.Module] = [nn.LayerNorm(width), nn.ReLU()]
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, out))
+
+
+class MLPModel(_Model):
     """Representation, dynamics and prediction as MLPs over a latent vector (vectors, small boards)."""
 
     def __init__(self, obs_dim: int, num_actions: int, cfg: MuZeroConfig):
@@ -205,7 +255,13 @@ class MLPModel(nn.Module):
         self.dynamics_trunk = nn.Sequential(mlp([L + num_actions, *hidden], norm=True), nn.LayerNorm(hidden[-1]),
                                             nn.ReLU())
         self.next_state = nn.Linear(hidden[-1], L)
-        self.reward_head = nn.Linear(hidden[-1], 2 * cfg.reward_support_size + 1)
+        reward_atoms = 2 * cfg.reward_support_size + 1
+        if cfg.value_prefix:
+            self.prefix_lstm = nn.LSTMCell(hidden[-1], cfg.lstm_hidden)
+            self.reward_head = _prefix_head(cfg.lstm_hidden, [], reward_atoms)
+        else:
+            self.prefix_lstm = None
+            self.reward_head = nn.Linear(hidden[-1], reward_atoms)
         self.prediction_trunk = nn.Sequential(mlp([L, *hidden], norm=True), nn.LayerNorm(hidden[-1]), nn.ReLU())
         self.policy_head = nn.Linear(hidden[-1], num_actions)
         self.value_head = nn.Linear(hidden[-1], 2 * cfg.support_size + 1)
@@ -214,24 +270,30 @@ class MLPModel(nn.Module):
     def representation(self, obs: torch.Tensor) -> torch.Tensor:
         return self.representation_net(obs)
 
-    def dynamics(self, latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dynamics_features(self, latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.dynamics_trunk(torch.cat([latent, F.one_hot(action, self.num_actions).to(latent.dtype)], -1))
-        return scale_latent(self.next_state(x)), self.reward_head(x)
+        return scale_latent(self.next_state(x)), x
 
     def prediction(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.prediction_trunk(latent)
         return self.policy_head(x), self.value_head(x)
 
 
+def _conv_reduce(channels: int) -> nn.Sequential:
+    """1x1 convolution to at most 16 planes, flattened (the start of MuZero's heads, narrowed for CPU)."""
+    reduced = min(16, channels)
+    return nn.Sequential(nn.Conv2d(channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced), nn.ReLU(),
+                         nn.Flatten())
+
+
 def _conv_head(channels: int, plane_shape: tuple[int, int], hidden: int, out: int) -> nn.Sequential:
     """1x1 convolution to 16 planes, then an MLP (MuZero's heads, narrowed for CPU)."""
     reduced = min(16, channels)
-    return nn.Sequential(nn.Conv2d(channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(reduced * plane_shape[0] * plane_shape[1], hidden), nn.ReLU(),
-                         nn.Linear(hidden, out))
+    return nn.Sequential(*_conv_reduce(channels), nn.Linear(reduced * plane_shape[0] * plane_shape[1], hidden),
+                         nn.ReLU(), nn.Linear(hidden, out))
 
 
-class ConvModel(nn.Module):
+class ConvModel(_Model):
     """Residual convolutional model over latent planes (Atari with down-sampling, MinAtar without)."""
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: MuZeroConfig, downsample: bool,
@@ -246,7 +308,15 @@ class ConvModel(nn.Module):
         self.dynamics_stem = nn.Sequential(nn.Conv2d(C + num_actions, C, 3, padding=1, bias=False),
                                            nn.BatchNorm2d(C), nn.ReLU())
         self.dynamics_tower = nn.Sequential(*[ResidualBlock(C) for _ in range(cfg.blocks)])
-        self.reward_head = _conv_head(C, planes, hidden, 2 * cfg.reward_support_size + 1)
+        reward_atoms = 2 * cfg.reward_support_size + 1
+        if cfg.value_prefix:    # EfficientZero: reduced planes -> LSTM -> MLP
+            self.reward_reduce = _conv_reduce(C)
+            self.prefix_lstm = nn.LSTMCell(min(16, C) * planes[0] * planes[1], cfg.lstm_hidden)
+            self.reward_head = _prefix_head(cfg.lstm_hidden, [hidden], reward_atoms)
+        else:
+            self.reward_reduce = nn.Identity()
+            self.prefix_lstm = None
+            self.reward_head = _conv_head(C, planes, hidden, reward_atoms)
         self.prediction_tower = nn.Sequential(*[ResidualBlock(C) for _ in range(cfg.blocks)])
         self.policy_head = _conv_head(C, planes, hidden, num_actions)
         self.value_head = _conv_head(C, planes, hidden, 2 * cfg.support_size + 1)
@@ -254,11 +324,11 @@ class ConvModel(nn.Module):
     def representation(self, obs: torch.Tensor) -> torch.Tensor:
         return self.representation_net(obs)
 
-    def dynamics(self, latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dynamics_features(self, latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, hh, ww = latent.shape
         planes = F.one_hot(action, self.num_actions).to(latent.dtype)[:, :, None, None].expand(n, -1, hh, ww)
         x = self.dynamics_tower(self.dynamics_stem(torch.cat([latent, planes], 1)))
-        return scale_latent(x), self.reward_head(x)
+        return scale_latent(x), self.reward_reduce(x)
 
     def prediction(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.prediction_tower(latent)
@@ -395,6 +465,20 @@ def unroll_targets(reward: torch.Tensor, mask: torch.Tensor, terminated: torch.T
             "reward_mask": reward_mask, "policy_mask": mask[:, :K + 1].clone()}
 
 
+def value_prefix_targets(reward: torch.Tensor, horizon: int) -> torch.Tensor:
+    """EfficientZero's value-prefix targets from the reward targets ``[B, K+1]`` (column 0 unused).
+
+    Column ``k >= 1`` holds the sum of the rewards of unroll steps ``s+1..k``, where
+    ``s`` is the last multiple of ``horizon`` below ``k``: the prefix (and the model's
+    LSTM state) restarts every ``horizon`` steps. Rewards past an episode's end are 0,
+    so the prefix stays where the episode left it.
+    """
+    prefix = torch.zeros_like(reward)
+    for k in range(1, reward.shape[1]):
+        prefix[:, k] = reward[:, k] + (prefix[:, k - 1] if (k - 1) % horizon else 0.0)
+    return prefix
+
+
 # ============================================================================== agent
 @register("muzero")
 class MuZero(Agent):
@@ -407,6 +491,9 @@ class MuZero(Agent):
         torch.manual_seed(seed)
         self.two_player = spec.num_players == 2
         self.num_actions = spec.num_actions
+        if cfg.value_prefix and self.two_player:
+            raise UserError("the value prefix sums one player's rewards along the unroll; two-player games "
+                            "give each edge to a different player", key="agent.value_prefix")
         self.net = make_model(spec, cfg).to(device)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         params = self.net.parameters()
@@ -483,16 +570,38 @@ class MuZero(Agent):
         store = torch.empty((B, forest.max_nodes) + tuple(latent.shape[1:]), dtype=latent.dtype, device=self.device)
         store[:, 0] = latent
 
+        prefix = None
+        if self.cfg.value_prefix:
+            # per node: LSTM state (h, c), predicted prefix and depth; a node at a depth that
+            # is a multiple of lstm_horizon (the root included) starts a new prefix from 0
+            prefix = SimpleNamespace(
+                state=torch.zeros((2, B, forest.max_nodes, self.cfg.lstm_hidden), device=self.device),
+                value=torch.zeros((B, forest.max_nodes), dtype=torch.float64, device=self.device),
+                depth=torch.zeros((B, forest.max_nodes), dtype=torch.long, device=self.device))
+
         def model_fn(leaves):
             tree = torch.from_numpy(leaves.tree_index.astype(np.int64))
             parent = torch.from_numpy(leaves.parent_node.astype(np.int64))
             action = torch.from_numpy(leaves.action.astype(np.int64)).clamp_(0, self.num_actions - 1)
-            next_latent, reward_logits = net.dynamics(store[tree, parent], action.to(self.device))
-            prior, value = net.prediction(next_latent)
             need = torch.from_numpy(leaves.needs_eval)
-            store[tree[need], torch.from_numpy(leaves.node.astype(np.int64))[need]] = next_latent[need]
-            return ModelOutput(reward=support_to_scalar(reward_logits, R).double().cpu().numpy(),
-                               value=self.value_of(value).double().cpu().numpy(),
+            node = torch.from_numpy(leaves.node.astype(np.int64))
+            if prefix is None:
+                next_latent, reward_logits = net.dynamics(store[tree, parent], action.to(self.device))
+                reward = support_to_scalar(reward_logits, R).double()
+            else:
+                fresh = (prefix.depth[tree, parent] % self.cfg.lstm_horizon == 0)[:, None]
+                h, c = (torch.where(fresh, 0.0, prefix.state[i, tree, parent]) for i in (0, 1))
+                next_latent, prefix_logits, (h, c) = net.dynamics_prefix(store[tree, parent],
+                                                                         action.to(self.device), (h, c))
+                value_prefix = support_to_scalar(prefix_logits, R).double()
+                reward = value_prefix - torch.where(fresh[:, 0], 0.0, prefix.value[tree, parent])
+                t, n = tree[need], node[need]
+                prefix.state[0, t, n], prefix.state[1, t, n] = h[need], c[need]
+                prefix.value[t, n] = value_prefix[need]
+                prefix.depth[t, n] = prefix.depth[t, parent[need]] + 1
+            prior, value = net.prediction(next_latent)
+            store[tree[need], node[need]] = next_latent[need]
+            return ModelOutput(reward=reward.cpu().numpy(), value=self.value_of(value).double().cpu().numpy(),
                                prior_logits=prior.float().cpu().numpy())
 
         forest.set_roots(logits.float().cpu().numpy(), self.value_of(value_logits).double().cpu().numpy(),
@@ -693,6 +802,8 @@ class MuZero(Agent):
         policy = self._reanalyse(batch, policy)
         policy = policy / policy.sum(-1, keepdim=True).clamp_min(1e-8)
         value_probs = scalar_to_support(targets["value"], S, step=cfg.support_step)
+        if cfg.value_prefix:
+            targets["reward"] = value_prefix_targets(targets["reward"], cfg.lstm_horizon)
         reward_probs = scalar_to_support(targets["reward"], R)
         actions = self.unroll_actions(batch)
 
@@ -702,9 +813,16 @@ class MuZero(Agent):
         per_sample = torch.zeros(latent.shape[0], device=self.device)
         parts = {"policy_loss": 0.0, "value_loss": 0.0, "reward_loss": 0.0}
         root_value = None
+        hidden = None       # the value prefix's LSTM state (None: zero, where a prefix starts)
         for k in range(K + 1):
             if k > 0:
-                latent, reward_logits = net.dynamics(scale_gradient(latent, 0.5), actions[:, k - 1])
+                if not cfg.value_prefix:
+                    latent, reward_logits = net.dynamics(scale_gradient(latent, 0.5), actions[:, k - 1])
+                else:
+                    if (k - 1) % cfg.lstm_horizon == 0:
+                        hidden = None
+                    latent, reward_logits, hidden = net.dynamics_prefix(scale_gradient(latent, 0.5),
+                                                                        actions[:, k - 1], hidden)
                 reward_loss = -(reward_probs[:, k] * F.log_softmax(reward_logits, -1)).sum(-1)
                 reward_loss = reward_loss * targets["reward_mask"][:, k]
             else:

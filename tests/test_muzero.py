@@ -18,7 +18,7 @@ from agents._latent import (
     scale_latent,
     support_to_scalar,
 )
-from agents.muzero import ConvModel, MuZero, MuZeroConfig, unroll_targets
+from agents.muzero import ConvModel, MuZero, MuZeroConfig, unroll_targets, value_prefix_targets
 from replay import SequenceReplay
 from runtime.trainer import Trainer
 
@@ -303,6 +303,69 @@ def test_consistency_heads_fit_conv_latents():
         agent.collect()
     metrics = agent.learn(1)
     assert math.isfinite(metrics["consistency_loss"])
+
+
+def test_value_prefix_targets_sum_rewards_and_restart_every_horizon():
+    reward = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 1.0, 1.0, 0.0, 0.0, 0.0]])
+    # horizon 2: steps 1-2 and 3-4 are summed, step 5 starts a new prefix
+    assert value_prefix_targets(reward, 2).tolist() == [[0, 1, 3, 3, 7, 5], [0, 1, 2, 0, 0, 0]]
+    # a horizon past the unroll: a plain running sum
+    assert value_prefix_targets(reward, 5)[0].tolist() == [0, 1, 3, 6, 10, 15]
+
+
+def test_search_rewards_are_differences_of_value_prefixes_restarting_every_horizon():
+    """Every edge of a searched tree carries prefix(child) - prefix(parent), or prefix(child)
+    under a parent at depth 0, 2, 4... (horizon 2); recomputed here path by path from the root."""
+    torch.manual_seed(0)
+    agent = _agent("cartpole", "agent.value_prefix=true", "agent.lstm_horizon=2", "agent.lstm_hidden=8",
+                   "agent.num_simulations=40")
+    obs = np.asarray(agent.obs)
+    agent.search(obs, "eval", temperature=0.0)
+    tree = agent._forest(len(obs), "eval").tree_arrays()
+    net, R = agent.net, agent.cfg.reward_support_size
+    depths, checked = [], 0
+    with torch.no_grad():
+        for b in range(len(obs)):
+            for node in range(1, int(tree["num_nodes"][b])):
+                path = [node]
+                while tree["parent"][b, path[-1]] != 0:
+                    path.append(int(tree["parent"][b, path[-1]]))
+                latent, hidden, prefix, before = net.representation(torch.as_tensor(obs[b:b + 1])), None, 0.0, 0.0
+                for depth, n in enumerate(reversed(path)):
+                    if depth % 2 == 0:
+                        hidden, prefix = None, 0.0
+                    before = prefix
+                    action = torch.tensor([int(tree["action"][b, n])])
+                    latent, logits, hidden = net.dynamics_prefix(latent, action, hidden)
+                    prefix = support_to_scalar(logits, R).item()
+                assert tree["reward"][b, node] == pytest.approx(prefix - before, abs=1e-4)
+                depths.append(len(path))
+                checked += before != 0.0
+    assert max(depths) >= 4 and checked > 0     # resets at depth 2 and differences both exercised
+
+
+def test_value_prefix_learns_and_runs_on_both_model_families():
+    torch.manual_seed(0)
+    agent = _agent("cartpole", "agent.learning_rate=3e-3", "agent.batch_size=32", "agent.value_prefix=true",
+                   "agent.lstm_hidden=16", "agent.zero_init_heads=true")
+    with pytest.raises(RuntimeError, match="dynamics_prefix"):
+        agent.net.dynamics(agent.net.representation(torch.zeros(1, 4)), torch.zeros(1, dtype=torch.long))
+    for _ in range(40):
+        agent.collect()
+    first = agent.learn(5)
+    agent.learn(150)
+    last = agent.learn(5)
+    assert last["reward_loss"] < 0.8 * first["reward_loss"]
+    conv = _agent("minatar", "agent.torso=conv", "agent.value_prefix=true", "agent.lstm_hidden=8",
+                  "agent.batch_size=4", "agent.channels=4")
+    assert isinstance(conv.net, ConvModel)
+    for _ in range(3):
+        conv.collect()
+    assert math.isfinite(conv.learn(1)["reward_loss"])
+    from runtime.errors import UserError
+
+    with pytest.raises(UserError, match="two-player"):
+        _agent("tictactoe", "agent.value_prefix=true")
 
 
 # ------------------------------------------------------------------ end to end
