@@ -269,7 +269,9 @@ def test_short_self_play_training_beats_random():
     assert after.score >= 0.75, after.summary()                       # measured: 0.85 (untrained: 0.56)
     assert after.score > before.score + 0.15, (before.summary(), after.summary())
     searched = play_match(agent.player(simulations=32), PerfectTicTacToePlayer(), "tic_tac_toe", 40, seed=5)
-    assert searched.losses <= 4, searched.summary()                   # measured: 1 (untrained: about half)
+    # measured: 1 loss on one benchmark machine, 6 on another (the same seed: float kernels differ between
+    # CPUs); the untrained network, searched the same way: 16
+    assert searched.losses <= 10, searched.summary()
 
 
 def test_state_dict_round_trip_resumes_exactly(tmp_path):
