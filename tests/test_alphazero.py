@@ -269,8 +269,8 @@ def test_short_self_play_training_beats_random():
     assert after.score >= 0.75, after.summary()                       # measured: 0.85 (untrained: 0.56)
     assert after.score > before.score + 0.15, (before.summary(), after.summary())
     searched = play_match(agent.player(simulations=32), PerfectTicTacToePlayer(), "tic_tac_toe", 40, seed=5)
-    # measured: 1 loss on one benchmark machine, 6 on another (the same seed: float kernels differ between
-    # CPUs); the untrained network, searched the same way: 16
+    # measured: 1 loss on one benchmark machine, 6 on another (the same code and seed; floating-point
+    # results differ between CPUs); the untrained network, searched the same way: 16
     assert searched.losses <= 10, searched.summary()
 
 
