@@ -279,18 +279,18 @@ class MLPModel(_Model):
         return self.policy_head(x), self.value_head(x)
 
 
-def _conv_reduce(channels: int) -> nn.Sequential:
-    """1x1 convolution to at most 16 planes, flattened (the start of MuZero's heads, narrowed for CPU)."""
+def _conv_reduce(channels: int, plane_shape: tuple[int, int]) -> tuple[nn.Sequential, int]:
+    """1x1 convolution to at most 16 planes, flattened (the start of MuZero's heads, narrowed for
+    CPU), and the number of features it puts out."""
     reduced = min(16, channels)
-    return nn.Sequential(nn.Conv2d(channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced), nn.ReLU(),
-                         nn.Flatten())
+    return (nn.Sequential(nn.Conv2d(channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced), nn.ReLU(),
+                          nn.Flatten()), reduced * plane_shape[0] * plane_shape[1])
 
 
 def _conv_head(channels: int, plane_shape: tuple[int, int], hidden: int, out: int) -> nn.Sequential:
     """1x1 convolution to 16 planes, then an MLP (MuZero's heads, narrowed for CPU)."""
-    reduced = min(16, channels)
-    return nn.Sequential(*_conv_reduce(channels), nn.Linear(reduced * plane_shape[0] * plane_shape[1], hidden),
-                         nn.ReLU(), nn.Linear(hidden, out))
+    reduce, features = _conv_reduce(channels, plane_shape)
+    return nn.Sequential(*reduce, nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
 
 class ConvModel(_Model):
@@ -310,8 +310,8 @@ class ConvModel(_Model):
         self.dynamics_tower = nn.Sequential(*[ResidualBlock(C) for _ in range(cfg.blocks)])
         reward_atoms = 2 * cfg.reward_support_size + 1
         if cfg.value_prefix:    # EfficientZero: reduced planes -> LSTM -> MLP
-            self.reward_reduce = _conv_reduce(C)
-            self.prefix_lstm = nn.LSTMCell(min(16, C) * planes[0] * planes[1], cfg.lstm_hidden)
+            self.reward_reduce, features = _conv_reduce(C, planes)
+            self.prefix_lstm = nn.LSTMCell(features, cfg.lstm_hidden)
             self.reward_head = _prefix_head(cfg.lstm_hidden, [hidden], reward_atoms)
         else:
             self.reward_reduce = nn.Identity()
