@@ -20,8 +20,11 @@ Sections (``--sections throughput,ablation,games``):
 
 ``games``
     Human-normalised per-game scores and IQM / median / mean with stratified
-    bootstrap CIs of finished runs (``--runs <dirs>``), next to the published
-    DrQ(epsilon) aggregates.
+    bootstrap CIs of finished runs (``--runs <dirs>``) or of scores measured
+    elsewhere (``--scores boxing=19.9,19.1,21.8 ...``), next to the published
+    DrQ(epsilon) aggregates; then each game's mean against the spread of the
+    100 published DrQ(epsilon) runs of that game (min, 5%, median, 95%, max, and
+    the fraction of published runs below our mean).
 
 ``augment``
     The random shift of a replayed batch (32 stacks of 4 x 84 x 84 uint8 sliced
@@ -36,6 +39,7 @@ Sections (``--sections throughput,ablation,games``):
     python benchmarks/drq.py --sections throughput --game pong --measure 1000 --json
     python benchmarks/drq.py --sections ablation --game boxing --ablation-steps 6000
     python benchmarks/drq.py --sections augment --rounds 8
+    python benchmarks/drq.py --sections games --scores boxing=19.9,19.1,21.8 krull=2607,4915,4503
 """
 from __future__ import annotations
 
@@ -297,21 +301,56 @@ def ablation(args) -> dict:
 
 
 def games(args) -> dict:
+    from runtime.atari_scores import spread_check
     from runtime.compare import (
         atari_aggregate_table,
         atari_final_scores,
         format_atari_table,
     )
 
-    groups = atari_final_scores(args.runs)
+    groups = atari_final_scores(args.runs) if args.runs else {}
+    if args.scores:
+        groups["--scores"] = parse_scores(args.scores)
     if not groups:
-        print("no finished Atari runs under --runs")
+        print("no finished Atari runs under --runs and no --scores")
         return {"figures": {}, "ratios": {}}
     table = atari_aggregate_table(groups)
     print(format_atari_table(table))
     print("published DrQ(eps), 26 games: " + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED_DRQ_EPS.items()))
-    return {"figures": {name: {k: v for k, v in entry.items() if k != "matrix"} for name, entry in table.items()},
-            "ratios": {}}
+    figures = {name: {k: v for k, v in entry.items() if k != "matrix"} for name, entry in table.items()}
+    print("\nOur mean per game against the 100 published DrQ(eps) runs (Agarwal et al. 2021's score data)")
+    print(f"{'group':14s} {'game':16s} {'runs':>4s} {'ours':>9s} | {'min':>9s} {'5%':>9s} {'median':>9s} "
+          f"{'95%':>9s} {'max':>9s} | {'rank':>5s} within")
+    ratios = {}
+    for name, games_of_group in groups.items():
+        spread = spread_check(games_of_group)
+        figures[name]["spread"] = spread
+        for game, row in spread.items():
+            print(f"{name[:14]:14s} {game:16s} {row['runs']:>4d} {row['mean']:9.1f} | {row['published_min']:9.1f} "
+                  f"{row['published_p5']:9.1f} {row['published_median']:9.1f} {row['published_p95']:9.1f} "
+                  f"{row['published_max']:9.1f} | {row['rank']:5.2f} {'yes' if row['within'] else 'NO'}")
+        met = sorted(g for g, row in spread.items() if row["within"] and row["runs"] >= 3)
+        ratios[f"{name}/games_within_spread_3_runs"] = len(met)
+        print(f"{name}: {len(met)} game(s) with at least 3 runs and the mean within the published runs' range "
+              f"(target: at least 3){': ' + ', '.join(met) if met else ''}")
+    return {"figures": figures, "ratios": ratios}
+
+
+def parse_scores(items: list[str]) -> dict[str, list[float]]:
+    """``["boxing=19.9,19.1,21.8", ...]`` -> ``{"boxing": [19.9, 19.1, 21.8], ...}`` (scores measured elsewhere)."""
+    from runtime.atari_scores import canonical
+
+    out: dict[str, list[float]] = {}
+    for item in items:
+        game, sep, values = item.partition("=")
+        try:
+            scores = [float(v) for v in values.split(",")] if sep else []
+        except ValueError:
+            scores = []
+        if not scores:
+            raise SystemExit(f"--scores {item!r}: expected GAME=SCORE[,SCORE...], e.g. boxing=19.9,19.1,21.8")
+        out.setdefault(canonical(game), []).extend(scores)
+    return out
 
 
 def main() -> None:
@@ -328,6 +367,8 @@ def main() -> None:
     parser.add_argument("--ablation-steps", type=int, default=6000)
     parser.add_argument("--ablation-episodes", type=int, default=10)
     parser.add_argument("--runs", nargs="*", default=[])
+    parser.add_argument("--scores", nargs="*", default=[],
+                        help="games section: final scores measured elsewhere, GAME=SCORE[,SCORE...] per game")
     parser.add_argument("--out", default="/tmp/arbor-drq-bench")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -104,3 +104,57 @@ def aggregate(matrix: np.ndarray, reps: int = 2000, seed: int = 0) -> dict[str, 
         out[name] = {"value": float(points["agent"][i]), "ci_low": float(intervals["agent"][0, i]),
                      "ci_high": float(intervals["agent"][1, i])}
     return out
+
+
+# Final scores of the 100 published DrQ(epsilon) runs per game (Atari 100k, each run's mean over
+# 100 evaluation episodes after 100k agent steps): the score data released with Agarwal et al. 2021
+# for rliable, the file ``DrQ(eps).json`` of that release, byte for byte (SHA-256 below).
+PUBLISHED_RUNS: dict[str, tuple[str, str]] = {
+    "drq_eps": ("drq_eps_atari100k_runs.json", "a86f9f4243b7eb3f994b6db4c9c87fb698742bfa08e7b06e414be41abf1f0574"),
+}
+
+
+def published_runs(agent: str = "drq_eps") -> dict[str, np.ndarray]:
+    """``{ale id: final score of every published run}`` for ``agent`` (see ``PUBLISHED_RUNS``).
+
+    The file is checked against its SHA-256, so an edited or truncated copy raises instead of
+    comparing against the wrong numbers.
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from runtime.errors import UserError
+
+    if agent not in PUBLISHED_RUNS:
+        raise UserError(f"no published runs for {agent!r}", choices=list(PUBLISHED_RUNS))
+    name, digest = PUBLISHED_RUNS[agent]
+    path = Path(__file__).resolve().parent / "data" / name
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise UserError(f"{path} is not the published file (SHA-256 differs from {digest})")
+    return {canonical(game): np.asarray(scores, dtype=np.float64) for game, scores in json.loads(raw).items()}
+
+
+def spread_check(scores: Mapping[str, list[float] | np.ndarray], agent: str = "drq_eps") -> dict[str, dict[str, float]]:
+    """Our mean per game against the spread of the published runs of ``agent``.
+
+    For each game: our run count and mean; the published runs' min, 5th percentile, median,
+    mean, 95th percentile and max; ``rank``, the fraction of published runs scoring below our
+    mean; and ``within``, whether our mean lies in [min, max] of the published runs.
+    """
+    published = published_runs(agent)
+    out: dict[str, dict[str, float]] = {}
+    for game, values in scores.items():
+        ours = np.asarray(values, dtype=np.float64)
+        runs = published[canonical(game)]
+        mean = float(ours.mean())
+        out[canonical(game)] = {
+            "runs": int(ours.size), "mean": mean,
+            "published_runs": int(runs.size), "published_min": float(runs.min()),
+            "published_p5": float(np.percentile(runs, 5)), "published_median": float(np.median(runs)),
+            "published_mean": float(runs.mean()), "published_p95": float(np.percentile(runs, 95)),
+            "published_max": float(runs.max()), "rank": float((runs < mean).mean()),
+            "within": bool(runs.min() <= mean <= runs.max()),
+        }
+    return out

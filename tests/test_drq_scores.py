@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,37 @@ def test_find_runs_follows_links_once(tmp_path):
     (group / "second").symlink_to(tmp_path / "store" / "b", target_is_directory=True)
     (group / "loop").symlink_to(group, target_is_directory=True)
     assert [p.name for p in find_runs(group)] == ["first", "second"]
+
+
+def test_published_drq_eps_runs_are_the_released_file_and_set_the_spread(tmp_path, monkeypatch):
+    import runtime.atari_scores as scores_module
+    from runtime.atari_scores import published_runs, spread_check
+
+    runs = published_runs("drq_eps")
+    assert sorted(runs) == sorted(ATARI_100K_GAMES)
+    assert all(v.shape == (100,) and np.isfinite(v).all() for v in runs.values())
+    # their mean human-normalised score is the published 26-game mean (0.465, BBF Table A.1)
+    assert np.mean([human_normalized(g, v).mean() for g, v in runs.items()]) == pytest.approx(0.465, abs=0.001)
+
+    boxing = runs["boxing"]
+    inside, above = float(np.median(boxing)), float(boxing.max()) + 1.0
+    check = spread_check({"Boxing": [inside - 1, inside + 1], "krull": [above]})  # a game absent from "ours" is not listed
+    assert set(check) == {"boxing", "krull"}
+    assert check["boxing"]["within"] and check["boxing"]["runs"] == 2 and check["boxing"]["mean"] == inside
+    assert check["boxing"]["rank"] == pytest.approx((boxing < inside).mean())
+    assert check["boxing"]["published_min"] == boxing.min() and check["boxing"]["published_max"] == boxing.max()
+    assert check["krull"]["within"] == bool(runs["krull"].min() <= above <= runs["krull"].max())
+    assert not spread_check({"boxing": [above]})["boxing"]["within"]
+    assert spread_check({"boxing": [above]})["boxing"]["rank"] == 1.0
+
+    # an altered copy of the file is refused rather than compared against
+    data = tmp_path / "data"
+    data.mkdir()
+    name, _ = scores_module.PUBLISHED_RUNS["drq_eps"]
+    original = (Path(scores_module.__file__).parent / "data" / name).read_text()
+    (data / name).write_text(original.replace("765.0", "766.0", 1))
+    monkeypatch.setattr(scores_module, "__file__", str(tmp_path / "atari_scores.py"))
+    with pytest.raises(UserError, match="SHA-256"):
+        published_runs("drq_eps")
+    with pytest.raises(UserError):
+        published_runs("no_such_agent")
