@@ -34,11 +34,18 @@ Sections (``--sections throughput,ablation,games``):
     with the compiled, channels-last path against the torch gather and float
     layout conversion inside the convolution, in alternating rounds (process time).
 
+``breakdown``
+    Milliseconds per learning step, ours (the same network as SB3's) and SB3's
+    DQN: the loop's parts (acting and env step, replay sample, augmentation,
+    update) and one update alone on a fixed batch, which is the networks'
+    arithmetic (the same for both) plus the optimizer step.
+
 ``--json`` prints one JSON object as the last line. Examples:
 
     python benchmarks/drq.py --sections throughput --game pong --measure 1000 --json
     python benchmarks/drq.py --sections ablation --game boxing --ablation-steps 6000
     python benchmarks/drq.py --sections augment --rounds 8
+    python benchmarks/drq.py --sections breakdown --game pong --threads 2 --measure 600
     python benchmarks/drq.py --sections games --scores boxing=19.9,19.1,21.8 krull=2607,4915,4503
 """
 from __future__ import annotations
@@ -106,16 +113,27 @@ def ours_rate(game: str, warmup: int, measure: int, seed: int, **changes) -> dic
             "warmup_steps_per_second": warmup / warm, "grad_steps": agent.grad_steps}
 
 
-def sb3_rate(game: str, warmup: int, measure: int, seed: int) -> dict:
-    """Env steps/s of SB3's DQN (CnnPolicy) with the same network, batch and update ratio."""
+def sb3_model(game: str, warmup: int, measure: int, seed: int):
+    """SB3's DQN (CnnPolicy) with our network's shape, batch 32 and one update per env step, and its env."""
     import ale_py
     import gymnasium as gym
     from stable_baselines3 import DQN
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.vec_env import VecFrameStack
 
     gym.register_envs(ale_py)
+    env = VecFrameStack(make_atari_env(f"{CAMEL.get(game, game.title())}NoFrameskip-v4", n_envs=1, seed=seed), 4)
+    model = DQN("CnnPolicy", env, learning_rate=1e-4, buffer_size=warmup + measure + 100, learning_starts=warmup,
+                batch_size=32, gamma=0.99, train_freq=1, gradient_steps=1, target_update_interval=1,
+                exploration_fraction=0.05, exploration_final_eps=0.01, device="cpu", seed=seed,
+                optimize_memory_usage=True, replay_buffer_kwargs={"handle_timeout_termination": False},
+                policy_kwargs={"optimizer_kwargs": {"eps": 1.5e-4}}, verbose=0)
+    return model, env
+
+
+def sb3_rate(game: str, warmup: int, measure: int, seed: int) -> dict:
+    """Env steps/s of SB3's DQN (CnnPolicy) with the same network, batch and update ratio."""
+    from stable_baselines3.common.callbacks import BaseCallback
 
     class Clock(BaseCallback):
         def __init__(self):
@@ -131,12 +149,7 @@ def sb3_rate(game: str, warmup: int, measure: int, seed: int) -> dict:
                 self.marks["end"], self.marks["end_cpu"] = time.perf_counter(), time.process_time()
             return True
 
-    env = VecFrameStack(make_atari_env(f"{CAMEL.get(game, game.title())}NoFrameskip-v4", n_envs=1, seed=seed), 4)
-    model = DQN("CnnPolicy", env, learning_rate=1e-4, buffer_size=warmup + measure + 100, learning_starts=warmup,
-                batch_size=32, gamma=0.99, train_freq=1, gradient_steps=1, target_update_interval=1,
-                exploration_fraction=0.05, exploration_final_eps=0.01, device="cpu", seed=seed,
-                optimize_memory_usage=True, replay_buffer_kwargs={"handle_timeout_termination": False},
-                policy_kwargs={"optimizer_kwargs": {"eps": 1.5e-4}}, verbose=0)
+    model, env = sb3_model(game, warmup, measure, seed)
     clock = Clock()
     model.learn(total_timesteps=warmup + measure, callback=clock)
     env.close()
@@ -144,6 +157,102 @@ def sb3_rate(game: str, warmup: int, measure: int, seed: int) -> dict:
     return {"steps_per_second": measure / (marks["end"] - marks["warm"]),
             "steps_per_cpu_second": measure / (marks["end_cpu"] - marks["warm_cpu"]),
             "warmup_steps_per_second": warmup / (marks["warm"] - marks["start"])}
+
+
+def _time_calls(obj, name: str, totals: dict[str, float]) -> None:
+    """Wrap ``obj.name`` so that each call adds its wall time to ``totals[name]``."""
+    inner = getattr(obj, name)
+
+    def timed(*a, **k):
+        start = time.perf_counter()
+        try:
+            return inner(*a, **k)
+        finally:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+
+    setattr(obj, name, timed)
+
+
+def _ms_per_call(fn: Callable[[], object], reps: int) -> float:
+    for _ in range(max(2, reps // 10)):
+        fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return 1e3 * (time.perf_counter() - start) / reps
+
+
+def breakdown(args) -> dict:
+    """Where a learning step's wall time goes, ours (same network) and SB3's: the loop's parts, then
+    one update alone on a fixed batch (the network's arithmetic: both take the same FLOPs)."""
+    import torch
+
+    from agents.dqn import bootstrap_values, chosen_q_values, q_learning_loss
+    from runtime.allocator import keep_freed_memory
+
+    torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
+    figures: dict[str, dict[str, float]] = {}
+    agent, env = drq_agent(args.game, args.seed, learning_starts=args.warmup,
+                           buffer_size=args.warmup + args.measure + 100, dueling=False)
+    while agent.env_steps < args.warmup:
+        agent.train_iteration()
+    parts: dict[str, float] = {}
+    for obj, name in ((agent, "collect"), (agent, "learn"), (agent.replay, "sample"), (agent, "augment")):
+        _time_calls(obj, name, parts)
+    start = time.perf_counter()
+    while agent.env_steps < args.warmup + args.measure:
+        agent.train_iteration()
+    step = 1e3 * (time.perf_counter() - start) / args.measure
+    batch = agent.replay.sample(32)
+
+    def update() -> None:
+        with torch.no_grad():
+            target = batch.reward + batch.discount * bootstrap_values(
+                agent.q, agent.q_target, batch.next_obs, agent.augment, 1, True, agent.shares_target)
+        q = chosen_q_values(agent.q, batch.obs, batch.action, agent.augment, 1)
+        loss, _ = q_learning_loss(q, target, batch.weights, agent.cfg.loss, agent.q_average)
+        agent.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        agent.optimizer.step()
+
+    figures["ours"] = {"step_ms": step, **{f"{k}_ms": 1e3 * v / args.measure for k, v in parts.items()},
+                       "update_alone_ms": _ms_per_call(update, 100)}
+    env.close()
+
+    model, env = sb3_model(args.game, args.warmup, args.measure, args.seed)
+    model.learn(total_timesteps=args.warmup)
+    parts = {}
+    for obj, name in ((model, "collect_rollouts"), (model, "train"), (model.replay_buffer, "sample")):
+        _time_calls(obj, name, parts)
+    start = time.perf_counter()
+    model.learn(total_timesteps=args.measure, reset_num_timesteps=False)
+    step = 1e3 * (time.perf_counter() - start) / args.measure
+    data = model.replay_buffer.sample(32)
+    gamma = model.gamma
+
+    def sb3_update() -> None:   # SB3 DQN.train's arithmetic on one fixed batch
+        with torch.no_grad():
+            next_q = model.q_net_target(data.next_observations).max(dim=1)[0].reshape(-1, 1)
+            target = data.rewards + (1 - data.dones) * gamma * next_q
+        q = torch.gather(model.q_net(data.observations), 1, data.actions.long())
+        loss = torch.nn.functional.smooth_l1_loss(q, target)
+        model.policy.optimizer.zero_grad()
+        loss.backward()
+        model.policy.optimizer.step()
+
+    figures["sb3_dqn"] = {"step_ms": step, **{f"{k}_ms": 1e3 * v / args.measure for k, v in parts.items()},
+                          "update_alone_ms": _ms_per_call(sb3_update, 100)}
+    env.close()
+    print(f"{args.game}, {args.measure} learning steps after {args.warmup} random ones, torch threads {args.threads}"
+          f" (load {load_average()}); milliseconds per env step:")
+    for name, row in figures.items():
+        print(f"  {name:8s} " + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in row.items()))
+    need = figures["sb3_dqn"]["step_ms"] / 1.5
+    print(f"1.5x SB3 needs a step of at most {need:.2f} ms; ours takes {figures['ours']['step_ms']:.2f}, "
+          f"of which one update alone {figures['ours']['update_alone_ms']:.2f}")
+    return {"figures": figures, "ratios": {"ours/sb3_dqn_step": figures["sb3_dqn"]["step_ms"] / figures["ours"]["step_ms"]}}
 
 
 def load_average() -> str:
@@ -355,7 +464,7 @@ def parse_scores(items: list[str]) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="throughput", help="throughput,ablation,games,augment")
+    parser.add_argument("--sections", default="throughput", help="throughput,ablation,games,augment,breakdown")
     parser.add_argument("--game", default="pong")
     parser.add_argument("--warmup", type=int, default=1600)
     parser.add_argument("--measure", type=int, default=1000)
@@ -375,7 +484,8 @@ def main() -> None:
     figures, ratios = {}, {}
     for section in args.sections.split(","):
         print(f"== {section} ==", flush=True)
-        result = {"throughput": throughput, "ablation": ablation, "games": games, "augment": augment}[section](args)
+        result = {"throughput": throughput, "ablation": ablation, "games": games, "augment": augment,
+                  "breakdown": breakdown}[section](args)
         figures[section] = result["figures"]
         ratios.update(result["ratios"])
     if args.json:

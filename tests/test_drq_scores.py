@@ -121,3 +121,23 @@ def test_published_drq_eps_runs_are_the_released_file_and_set_the_spread(tmp_pat
         published_runs("drq_eps")
     with pytest.raises(UserError):
         published_runs("no_such_agent")
+
+
+def test_games_benchmark_sets_given_scores_beside_the_published_runs():
+    """``benchmarks/drq.py --sections games --scores ...``: the JSON line counts the games within the spread."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "games", "--scores",
+                          "boxing=19.9,19.1,21.8", "breakout=20.1,23.3,18.1", "krull=2607,4915,4503", "--json"],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    spread = result["figures"]["games"]["--scores"]["spread"]
+    assert {g: row["within"] for g, row in spread.items()} == {"boxing": False, "breakout": True, "krull": True}
+    assert spread["boxing"]["published_max"] == pytest.approx(18.37)
+    assert result["ratios"]["--scores/games_within_spread_3_runs"] == 2
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "games", "--scores",
+                          "boxing=a,b"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "GAME=SCORE" in bad.stderr
