@@ -266,18 +266,7 @@ class DQN(ReplayAgent):
         shared_target = self.shares_target
         for _ in range(cfg.gradient_steps):
             batch = self.replay.sample(cfg.batch_size)
-            reward = batch.reward
-            with torch.no_grad():
-                next_value = bootstrap_values(self.q, self.q_target, batch.next_obs, self.augment,
-                                              self.target_copies, cfg.double, shared_target)
-                target = reward + batch.discount * next_value
-            q = chosen_q_values(self.q, batch.obs, batch.action, self.augment, self.q_copies)
-            loss, td = q_learning_loss(q, target, batch.weights, cfg.loss, self.q_average)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
+            loss, q, td = self.gradient_step(batch, shared_target)
             if cfg.prioritized:
                 self.replay.update_priorities(batch.indices, td.cpu().numpy())
             self.grad_steps += 1
@@ -289,6 +278,22 @@ class DQN(ReplayAgent):
             return {}
         return {"loss": torch.stack(losses).mean().item(), "q_mean": torch.stack(q_means).mean().item(),
                 "learning_rate": self.learning_rate()}
+
+    def gradient_step(self, batch: Any, shared_target: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One gradient step on a sampled batch: loss, the chosen Q-values ``(M, B)`` and ``|TD|``."""
+        cfg = self.cfg
+        with torch.no_grad():
+            next_value = bootstrap_values(self.q, self.q_target, batch.next_obs, self.augment,
+                                          self.target_copies, cfg.double, shared_target)
+            target = batch.reward + batch.discount * next_value
+        q = chosen_q_values(self.q, batch.obs, batch.action, self.augment, self.q_copies)
+        loss, td = q_learning_loss(q, target, batch.weights, cfg.loss, self.q_average)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        return loss, q, td
 
     @torch.no_grad()
     def sync_target(self) -> None:

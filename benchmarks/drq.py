@@ -173,21 +173,11 @@ def _time_calls(obj, name: str, totals: dict[str, float]) -> None:
     setattr(obj, name, timed)
 
 
-def _ms_per_call(fn: Callable[[], object], reps: int) -> float:
-    for _ in range(max(2, reps // 10)):
-        fn()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return 1e3 * (time.perf_counter() - start) / reps
-
-
 def breakdown(args) -> dict:
     """Where a learning step's wall time goes, ours (same network) and SB3's: the loop's parts, then
     one update alone on a fixed batch (the network's arithmetic: both take the same FLOPs)."""
     import torch
 
-    from agents.dqn import bootstrap_values, chosen_q_values, q_learning_loss
     from runtime.allocator import keep_freed_memory
 
     torch.set_num_threads(args.threads)
@@ -206,19 +196,9 @@ def breakdown(args) -> dict:
         agent.train_iteration()
     step = 1e3 * (time.perf_counter() - start) / args.measure
     batch = agent.replay.sample(32)
-
-    def update() -> None:
-        with torch.no_grad():
-            target = batch.reward + batch.discount * bootstrap_values(
-                agent.q, agent.q_target, batch.next_obs, agent.augment, 1, True, agent.shares_target)
-        q = chosen_q_values(agent.q, batch.obs, batch.action, agent.augment, 1)
-        loss, _ = q_learning_loss(q, target, batch.weights, agent.cfg.loss, agent.q_average)
-        agent.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        agent.optimizer.step()
-
     figures["ours"] = {"step_ms": step, **{f"{k}_ms": 1e3 * v / args.measure for k, v in parts.items()},
-                       "update_alone_ms": _ms_per_call(update, 100)}
+                       "update_alone_ms": timed_ms(lambda: agent.gradient_step(batch, agent.shares_target), 100,
+                                                   clock=time.perf_counter)}
     env.close()
 
     model, env = sb3_model(args.game, args.warmup, args.measure, args.seed)
@@ -243,7 +223,7 @@ def breakdown(args) -> dict:
         model.policy.optimizer.step()
 
     figures["sb3_dqn"] = {"step_ms": step, **{f"{k}_ms": 1e3 * v / args.measure for k, v in parts.items()},
-                          "update_alone_ms": _ms_per_call(sb3_update, 100)}
+                          "update_alone_ms": timed_ms(sb3_update, 100, clock=time.perf_counter)}
     env.close()
     print(f"{args.game}, {args.measure} learning steps after {args.warmup} random ones, torch threads {args.threads}"
           f" (load {load_average()}); milliseconds per env step:")
@@ -304,13 +284,13 @@ def throughput(args) -> dict:
             "ratios": {"ours/sb3_dqn": ratio, "ours/sb3_dqn_cpu_time": ratio_cpu}}
 
 
-def cpu_ms(fn: Callable[[], object], reps: int) -> float:
-    """Process-time milliseconds per call of ``fn`` (after one warm-up call)."""
+def timed_ms(fn: Callable[[], object], reps: int, clock: Callable[[], float] = time.process_time) -> float:
+    """Milliseconds per call of ``fn`` by ``clock`` (process time unless told) after one warm-up call."""
     fn()
-    start = time.process_time()
+    start = clock()
     for _ in range(reps):
         fn()
-    return (time.process_time() - start) / reps * 1e3
+    return (clock() - start) / reps * 1e3
 
 
 def augment(args) -> dict:
@@ -332,10 +312,10 @@ def augment(args) -> dict:
     shift_ms = {name: [] for name in [*shift, "torch_gather"]}
     for _ in range(max(1, args.rounds)):
         for name, fn in shift.items():
-            shift_ms[name].append(cpu_ms(fn, 200))
+            shift_ms[name].append(timed_ms(fn, 200))
         aug._shift_kernel = None
         try:
-            shift_ms["torch_gather"].append(cpu_ms(lambda: aug.shift(batch, offsets), 200))
+            shift_ms["torch_gather"].append(timed_ms(lambda: aug.shift(batch, offsets), 200))
         finally:
             aug._shift_kernel = kernel
     agent, env = drq_agent(args.game, args.seed, learning_starts=1000, buffer_size=5000)
@@ -354,7 +334,7 @@ def augment(args) -> dict:
         for _ in range(max(1, args.rounds)):
             for name, compiled in (("compiled_channels_last", True), ("torch_gather", False)):
                 configure(compiled)
-                update_ms[name].append(cpu_ms(agent.learn, 40))
+                update_ms[name].append(timed_ms(agent.learn, 40))
     finally:
         configure(True)
         env.close()
