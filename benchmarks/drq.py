@@ -173,6 +173,11 @@ def _time_calls(obj, name: str, totals: dict[str, float]) -> None:
     setattr(obj, name, timed)
 
 
+def _step_row(step_ms: float, parts: dict[str, float], steps: int, alone_ms: float) -> dict[str, float]:
+    """One contender's breakdown row: the whole step, each timed part per step, and one update alone (ms)."""
+    return {"step_ms": step_ms, **{f"{k}_ms": 1e3 * v / steps for k, v in parts.items()}, "update_alone_ms": alone_ms}
+
+
 def breakdown(args) -> dict:
     """Where a learning step's wall time goes, ours (same network) and SB3's: the loop's parts, then
     one update alone on a fixed batch (the network's arithmetic: both take the same FLOPs)."""
@@ -196,9 +201,8 @@ def breakdown(args) -> dict:
         agent.train_iteration()
     step = 1e3 * (time.perf_counter() - start) / args.measure
     batch = agent.replay.sample(32)
-    figures["ours"] = {"step_ms": step, **{f"{k}_ms": 1e3 * v / args.measure for k, v in parts.items()},
-                       "update_alone_ms": timed_ms(lambda: agent.gradient_step(batch, agent.shares_target), 100,
-                                                   clock=time.perf_counter)}
+    figures["ours"] = _step_row(step, parts, args.measure, timed_ms(
+        lambda: agent.gradient_step(batch, agent.shares_target), 100, clock=time.perf_counter))
     env.close()
 
     model, env = sb3_model(args.game, args.warmup, args.measure, args.seed)
@@ -222,8 +226,7 @@ def breakdown(args) -> dict:
         loss.backward()
         model.policy.optimizer.step()
 
-    figures["sb3_dqn"] = {"step_ms": step, **{f"{k}_ms": 1e3 * v / args.measure for k, v in parts.items()},
-                          "update_alone_ms": timed_ms(sb3_update, 100, clock=time.perf_counter)}
+    figures["sb3_dqn"] = _step_row(step, parts, args.measure, timed_ms(sb3_update, 100, clock=time.perf_counter))
     env.close()
     print(f"{args.game}, {args.measure} learning steps after {args.warmup} random ones, torch threads {args.threads}"
           f" (load {load_average()}); milliseconds per env step:")

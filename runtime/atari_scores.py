@@ -146,10 +146,11 @@ def spread_check(scores: Mapping[str, list[float] | np.ndarray], agent: str = "d
     published = published_runs(agent)
     out: dict[str, dict[str, float]] = {}
     for game, values in scores.items():
+        game = canonical(game)
         ours = np.asarray(values, dtype=np.float64)
-        runs = published[canonical(game)]
+        runs = published[game]
         mean = float(ours.mean())
-        out[canonical(game)] = {
+        out[game] = {
             "runs": int(ours.size), "mean": mean,
             "published_runs": int(runs.size), "published_min": float(runs.min()),
             "published_p5": float(np.percentile(runs, 5)), "published_median": float(np.median(runs)),
