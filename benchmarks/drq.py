@@ -92,7 +92,7 @@ def drq_agent(game: str, seed: int, **changes):
 
     cfg = DrQConfig(**drq_eps_settings(**changes))
     cfg.validate()
-    env_cfg = {"kind": "atari", "game": game, "protocol": "atari100k", "num_envs": 1, "noop_max": 0}
+    env_cfg = {"kind": "atari", "game": game, "protocol": "atari100k", "num_envs": 1}
     env, spec = envs.make(env_cfg, num_envs=1, seed=seed)
     return DrQ(cfg, spec, torch.device("cpu"), env=env, total_steps=100_000, seed=seed), env
 

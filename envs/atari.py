@@ -4,14 +4,16 @@ A protocol fixes everything that changes scores between papers. Two presets:
 
 ``machado2018`` (Machado et al. 2018, "Revisiting the ALE"; Gymnasium's ALE v5 defaults)
     frame skip 4 with max-pooling of the last two frames, sticky actions with
-    probability 0.25, no no-op starts (sticky actions already randomise), no
-    life-loss terminals, episodes capped at 108,000 frames (27,000 agent steps),
+    probability 0.25, no no-op starts (sticky actions already randomise), no FIRE
+    pressed at reset, no life-loss terminals, episodes capped at 108,000 frames (27,000 agent steps),
     minimal action set, 84x84 grayscale, stacks of 4.
 
 ``atari100k`` (Kaiser et al. 2020, as run by DER, DrQ and DrQ(epsilon) in Dopamine's
 ``DataEfficientAtariRunner``)
-    frame skip 4, NO sticky actions, up to 30 no-op starts, a lost life is a
-    terminal for learning (the game goes on; evaluation and reported returns count
+    frame skip 4, NO sticky actions, no-op starts (a uniform 0-29 raw no-op frames
+    at the start of every game, in training and evaluation, as Dopamine's
+    ``MaxEpisodeEvalRunner`` with ``max_noops=30`` does; ale-py's ``noop_max=30``
+    draws the same), no FIRE pressed at reset, a lost life is a terminal for learning (the game goes on; evaluation and reported returns count
     whole games), episodes capped at 108,000 frames, minimal action set, 84x84
     grayscale, stacks of 4.
 
@@ -34,7 +36,8 @@ class AtariProtocol:
 
     frame_skip: int = 4
     sticky_actions: float = 0.25
-    noop_max: int = 0
+    noop_max: int = 0              # games start after a uniform 0..noop_max-1 raw no-op frames
+    fire_reset: bool = False       # press FIRE once at each reset (neither protocol does)
     life_loss_terminal: bool = False
     max_episode_frames: int = 108_000
     full_action_space: bool = False
@@ -85,6 +88,7 @@ def make_atari(game: str, num_envs: int, protocol: AtariProtocol, eval_mode: boo
         frameskip=protocol.frame_skip,
         repeat_action_probability=float(protocol.sticky_actions),
         noop_max=protocol.noop_max,
+        use_fire_reset=bool(protocol.fire_reset),   # ale-py presses FIRE unless told not to
         episodic_life=False,
         life_loss_info=life_loss,   # terminal on a lost life, the game goes on (Dopamine's semantics)
         max_num_frames_per_episode=protocol.max_episode_frames,

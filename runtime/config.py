@@ -86,6 +86,7 @@ class EnvConfig:
     frame_skip: int | None = None
     sticky_actions: float | None = None
     noop_max: int | None = None
+    fire_reset: bool | None = None
     life_loss_terminal: bool | None = None
     max_episode_frames: int | None = None
     full_action_space: bool | None = None

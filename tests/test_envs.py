@@ -6,6 +6,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
+from conftest import compose
 from envs.snapshot import capture_env_state, restore_env_state
 
 CARTPOLE = {"kind": "gym", "id": "CartPole-v1", "name": "cartpole"}
@@ -81,6 +82,33 @@ def test_atari_protocols(protocol, sticky, life_loss):
     obs, _ = env.reset(seed=0)
     assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
     env.close()
+
+
+def test_atari_game_starts_follow_the_protocol():
+    """atari100k starts each game after 0-29 raw no-op frames (Dopamine's MaxEpisodeEvalRunner); nothing presses FIRE."""
+    from dataclasses import replace
+
+    from envs.atari import PROTOCOLS, make_atari
+
+    def start_frames(protocol):
+        env, _ = make_atari("breakout", 8, protocol, eval_mode=False)
+        _, info = env.reset(seed=3)
+        env.close()
+        return info["episode_frame_number"]
+
+    frames = start_frames(PROTOCOLS["atari100k"])
+    assert frames.min() >= 0 and frames.max() <= 29 and len(set(frames.tolist())) > 1
+    assert (start_frames(PROTOCOLS["machado2018"]) == 0).all()          # no no-ops, no FIRE
+    assert (start_frames(replace(PROTOCOLS["machado2018"], fire_reset=True)) == 1).all()
+
+
+def test_drq_preset_keeps_the_atari100k_noop_starts():
+    from envs.atari import resolve_protocol
+
+    cfg = compose("agent=drq", "env=atari", "logger=none")
+    overrides = {k: v for k, v in cfg.env.items() if k != "protocol"}
+    proto = resolve_protocol(cfg.env.protocol, overrides)
+    assert cfg.env.protocol == "atari100k" and proto.noop_max == 30 and proto.fire_reset is False
 
 
 def test_atari_reset_takes_seeds_past_the_32_bit_range():
