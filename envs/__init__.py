@@ -53,7 +53,7 @@ def make(env_cfg: Mapping[str, Any], num_envs: int, seed: int, mode: str = "trai
         return make_game_env(env_cfg, num_envs, seed)
     name = str(env_cfg.get("name", kind))
     render_mode = "rgb_array" if render else None
-    life_loss = False
+    life_loss = stack_restart = False
     frame_stack, frame_skip, reward_clip, protocol, max_steps = 0, 1, None, None, None
     if kind == "gym":
         env_id = env_cfg["id"]
@@ -73,6 +73,7 @@ def make(env_cfg: Mapping[str, Any], num_envs: int, seed: int, mode: str = "trai
         proto = resolve_protocol(protocol, dict(env_cfg))
         vec, life_loss = make_atari(str(env_cfg["game"]), num_envs, proto, eval_mode=(mode == "eval"))
         frame_stack, frame_skip, reward_clip = proto.frame_stack, proto.frame_skip, proto.reward_clip
+        stack_restart = bool(proto.life_loss_stack_restart)
         max_steps = proto.max_episode_frames // proto.frame_skip
     elif kind == "minatar":
         from envs.minatar import GAMES, minatar_env_fn
@@ -100,7 +101,7 @@ def make(env_cfg: Mapping[str, Any], num_envs: int, seed: int, mode: str = "trai
         fn = minigrid_env_fn(env_id, bool(_get(env_cfg, "fully_observed", False)), obs_mode, render_mode)
         vec = _gym_vector(fn, num_envs)
         max_steps = gym.envs.registry[env_id].max_episode_steps
-    env = SuiteVectorEnv(vec, life_loss_terminal=life_loss)
+    env = SuiteVectorEnv(vec, life_loss_terminal=life_loss, stack_restart_on_life_loss=stack_restart)
     env.reset(seed=int(seed))
     if kind != "atari":
         env.action_space.seed(int(seed))

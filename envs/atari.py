@@ -13,7 +13,9 @@ A protocol fixes everything that changes scores between papers. Two presets:
     frame skip 4, NO sticky actions, no-op starts (a uniform 0-29 raw no-op frames
     at the start of every game, in training and evaluation, as Dopamine's
     ``MaxEpisodeEvalRunner`` with ``max_noops=30`` does; ale-py's ``noop_max=30``
-    draws the same), no FIRE pressed at reset, a lost life is a terminal for learning (the game goes on; evaluation and reported returns count
+    draws the same), no FIRE pressed at reset, a lost life is a terminal for learning
+    and restarts the frame stack from zero frames in training and evaluation (Dopamine's
+    runner begins a new agent episode there, which zeroes the agent's stack) (the game goes on; evaluation and reported returns count
     whole games), episodes capped at 108,000 frames, minimal action set, 84x84
     grayscale, stacks of 4.
 
@@ -39,6 +41,7 @@ class AtariProtocol:
     noop_max: int = 0              # games start after a uniform 0..noop_max-1 raw no-op frames
     fire_reset: bool = False       # press FIRE once at each reset (neither protocol does)
     life_loss_terminal: bool = False
+    life_loss_stack_restart: bool = False   # frames from before a lost life are zeroed, as at a new game
     max_episode_frames: int = 108_000
     full_action_space: bool = False
     frame_stack: int = 4
@@ -47,7 +50,8 @@ class AtariProtocol:
 
 
 PROTOCOLS["machado2018"] = AtariProtocol()
-PROTOCOLS["atari100k"] = AtariProtocol(sticky_actions=0.0, noop_max=30, life_loss_terminal=True)
+PROTOCOLS["atari100k"] = AtariProtocol(sticky_actions=0.0, noop_max=30, life_loss_terminal=True,
+                                        life_loss_stack_restart=True)
 
 
 def game_names() -> list[str]:

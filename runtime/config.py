@@ -88,6 +88,7 @@ class EnvConfig:
     noop_max: int | None = None
     fire_reset: bool | None = None
     life_loss_terminal: bool | None = None
+    life_loss_stack_restart: bool | None = None
     max_episode_frames: int | None = None
     full_action_space: bool | None = None
     frame_stack: int | None = None

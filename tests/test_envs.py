@@ -102,6 +102,35 @@ def test_atari_game_starts_follow_the_protocol():
     assert (start_frames(replace(PROTOCOLS["machado2018"], fire_reset=True)) == 1).all()
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_atari100k_restarts_the_frame_stack_after_a_lost_life(mode):
+    """Dopamine's runner begins a new agent episode at a lost life: the stack restarts from zero frames."""
+    cfg = {"kind": "atari", "game": "breakout", "protocol": "atari100k", "name": "b"}
+    env, _ = envs.make(cfg, num_envs=2, seed=1, mode=mode)
+    rng = np.random.default_rng(0)
+    lives = env.lives.copy()
+    seen = 0
+    for _ in range(3000):
+        obs, _, terminated, truncated, info = env.step(rng.integers(0, 4, size=2))
+        lost = np.flatnonzero(info["lives"] < lives)
+        lives = info["lives"].copy()
+        if lost.size:
+            i = lost[0]
+            assert terminated[i] == (mode == "train") and not truncated[i]
+            assert (obs[i, :3] == 0).all() and obs[i, 3].any()
+            for zeroed in (2, 1, 0):       # the pre-loss frames leave the stack one per step
+                newest = obs[i, 3].copy()
+                obs, *_, info = env.step(rng.integers(0, 4, size=2))
+                assert (obs[i, :zeroed] == 0).all() and obs[i, zeroed:].any()
+                assert np.array_equal(obs[i, 2], newest)
+                lives = info["lives"].copy()
+            seen += 1
+            if seen == 2:
+                break
+    env.close()
+    assert seen == 2
+
+
 def test_drq_preset_keeps_the_atari100k_noop_starts():
     from envs.atari import resolve_protocol
 
