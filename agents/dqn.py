@@ -30,7 +30,7 @@ from torch import nn
 
 from agents._augment import Augmentation
 from agents.base import AgentConfig, ReplayAgent, linear_epsilon, register
-from agents.networks import QHead, make_torso, to_tensor
+from agents.networks import QHead, make_torso, to_tensor, xavier_uniform_
 from replay import TransitionReplay
 from runtime.errors import UserError
 
@@ -60,6 +60,8 @@ class DQNConfig(AgentConfig):
     dueling: bool = False
     hidden: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
     head_hidden: int = 0
+    conv_padding: str = "valid"        # Nature CNN padding: valid (Mnih et al.) | same (Dopamine's flax torso)
+    weight_init: str = "torch"         # torch (PyTorch's defaults) | xavier_uniform (Dopamine: zero biases)
     max_grad_norm: float | None = 10.0  # null: no gradient clipping
     loss: str = "huber"
     prioritized: bool = False
@@ -82,6 +84,9 @@ class DQNConfig(AgentConfig):
         for key, ok in checks.items():
             if not ok:
                 raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
+        for key, choices in (("conv_padding", ["valid", "same"]), ("weight_init", ["torch", "xavier_uniform"])):
+            if getattr(self, key) not in choices:
+                raise UserError(f"unknown {key} {getattr(self, key)!r}", choices=choices, key=f"agent.{key}")
 
 
 class QNetwork(nn.Module):
@@ -93,8 +98,11 @@ class QNetwork(nn.Module):
 
     def __init__(self, spec, cfg: DQNConfig):
         super().__init__()
-        self.torso = make_torso(spec.observation_space, cfg.hidden)
+        # Configs without the two network choices (offline DQN's) get the Nature defaults.
+        self.torso = make_torso(spec.observation_space, cfg.hidden, getattr(cfg, "conv_padding", "valid"))
         self.head = QHead(self.torso.out_features, spec.num_actions, cfg.dueling, cfg.head_hidden)
+        if getattr(cfg, "weight_init", "torch") == "xavier_uniform":
+            xavier_uniform_(self)
         if spec.is_image and not isinstance(spec.observation_space, gym.spaces.Dict):
             self.torso.use_channels_last()
 

@@ -330,6 +330,39 @@ def test_bad_values_name_the_key():
         DrQ(DrQConfig(), vector, torch.device("cpu"))
 
 
+def test_dopamine_network_pads_same_and_starts_xavier_uniform():
+    """conv_padding=same follows TF/flax SAME (odd pixel after): 84 -> 21 -> 11 -> 11; xavier: zero biases."""
+    from agents.networks import same_padding
+
+    assert [same_padding(*a) for a in ((84, 8, 4), (21, 4, 2), (11, 3, 1))] == [(2, 2), (1, 2), (1, 1)]
+    agent = DrQ(tiny_drq_config(conv_padding="same", weight_init="xavier_uniform"), atari_like_spec(),
+                torch.device("cpu"), seed=0)
+    torso = agent.q.torso
+    assert torso.fc[0].in_features == 11 * 11 * 64
+    shapes, x = [], torch.zeros(1, 4, 84, 84)
+    for layer in torso.conv:
+        x = layer(x)
+        if isinstance(layer, nn.Conv2d):
+            shapes.append(tuple(x.shape[-2:]))
+    assert shapes == [(21, 21), (11, 11), (11, 11)]
+    # With 2 pixels of padding before, a lone pixel at (0, 0) meets the first output's kernel at (2, 2).
+    conv = torso.conv[0]
+    pixel = torch.zeros(1, 4, 84, 84)
+    pixel[0, :, 0, 0] = 1.0
+    out = conv(pixel) - conv(torch.zeros_like(pixel))
+    expected = conv.weight[:, :, 2, 2].sum(dim=1)
+    torch.testing.assert_close(out[0, :, 0, 0], expected)
+    for layer in agent.q.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+            assert (layer.bias == 0).all() and layer.weight.abs().max() <= (6 / (fan_in + fan_out)) ** 0.5
+    default = DrQ(tiny_drq_config(), atari_like_spec(), torch.device("cpu"), seed=0)
+    assert default.q.torso.fc[0].in_features == 7 * 7 * 64 and default.q.head.advantage.bias.abs().sum() > 0
+    with pytest.raises(UserError) as err:
+        DrQConfig(conv_padding="SAME").validate()
+    assert err.value.key == "agent.conv_padding" and "same" in err.value.choices
+
+
 def test_train_smoke_run_on_atari_is_seeded(tmp_path):
     args = ["agent=drq", "env=atari", "env.game=pong", "logger=none", "total_env_steps=300",
             "agent.learning_starts=200", "agent.batch_size=8", "agent.q_augmentations=2",
