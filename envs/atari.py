@@ -9,15 +9,15 @@ A protocol fixes everything that changes scores between papers. Two presets:
     minimal action set, 84x84 grayscale, stacks of 4.
 
 ``atari100k`` (Kaiser et al. 2020, as run by DER, DrQ and DrQ(epsilon) in Dopamine's
-``DataEfficientAtariRunner``)
-    frame skip 4, NO sticky actions, no-op starts (a uniform 0-29 raw no-op frames
-    at the start of every game, in training and evaluation, as Dopamine's
-    ``MaxEpisodeEvalRunner`` with ``max_noops=30`` does; ale-py's ``noop_max=30``
-    draws the same), no FIRE pressed at reset, a lost life is a terminal for learning
-    and restarts the frame stack from zero frames in training and evaluation (Dopamine's
-    runner begins a new agent episode there, which zeroes the agent's stack) (the game goes on; evaluation and reported returns count
-    whole games), episodes capped at 108,000 frames, minimal action set, 84x84
-    grayscale, stacks of 4.
+``MaxEpisodeEvalRunner`` and later ``DataEfficientAtariRunner``)
+    frame skip 4, NO sticky actions, no FIRE pressed at reset, and no-op starts: a
+    uniform 0-29 raw no-op frames at the start of every game, in training and
+    evaluation (Dopamine's ``max_noops=30``; ale-py's ``noop_max=30`` draws the same).
+    A lost life is a terminal for learning; the game goes on, and evaluation and
+    reported returns count whole games. After a lost life the frame stack restarts
+    from zero frames, in training and evaluation (Dopamine's runner begins a new agent
+    episode there, which zeroes the agent's stack). Episodes capped at 108,000 frames,
+    minimal action set, 84x84 grayscale, stacks of 4.
 
 Rewards reach agents unclipped; ``EnvSpec.reward_clip`` = 1 tells agents to clip
 their learning rewards, so logged returns are always game scores.
