@@ -44,19 +44,10 @@ class OfflineConfig(AgentConfig):
         if self.dataset is None or not str(self.dataset).strip():
             raise UserError("an offline agent needs a dataset: agent.dataset=<file built by make_dataset.py>",
                             key="agent.dataset")
-        if self.dataset_storage not in ("memory", "mmap"):
-            raise UserError(f"unknown storage {self.dataset_storage!r}", choices=["memory", "mmap"],
-                            key="agent.dataset_storage")
+        self.check_choices({"dataset_storage": ("memory", "mmap")})
         checks = {"batch_size": self.batch_size > 0, "gradient_steps": self.gradient_steps >= 1,
                   "gamma": 0.0 <= self.gamma <= 1.0}
-        check_ranges(self, checks)
-
-
-def check_ranges(cfg: Any, checks: dict[str, bool]) -> None:
-    """UserError naming ``agent.<key>`` for the first failed check."""
-    for key, ok in checks.items():
-        if not ok:
-            raise UserError(f"value {getattr(cfg, key)!r} is out of range", key=f"agent.{key}")
+        self.check_ranges(checks)
 
 
 def _space_summary(space: gym.Space) -> tuple:

@@ -109,9 +109,7 @@ class AlphaZeroConfig(AgentConfig):
 
     def validate(self) -> None:
         choices = {"algorithm": ("puct", "gumbel"), "belief_target": BELIEF_TARGETS, "act": ACTING_RULES}
-        for key, options in choices.items():
-            if getattr(self, key) not in options:
-                raise UserError(f"unknown value {getattr(self, key)!r}", choices=list(options), key=f"agent.{key}")
+        self.check_choices(choices)
         checks = {
             "blocks": self.blocks >= 0, "channels": self.channels >= 1, "value_hidden": self.value_hidden >= 1,
             "num_simulations": self.num_simulations >= 1,
@@ -127,9 +125,7 @@ class AlphaZeroConfig(AgentConfig):
             "learning_rate": self.learning_rate > 0, "weight_decay": self.weight_decay >= 0,
             "value_loss_weight": self.value_loss_weight >= 0, "max_grad_norm": self.max_grad_norm > 0,
         }
-        for key, ok in checks.items():
-            if not ok:
-                raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
+        self.check_ranges(checks)
 
 
 # ============================================================================= networks

@@ -14,12 +14,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 import torch
 
 from envs.spec import EnvSpec
+from runtime.errors import UserError
 
 _REGISTRY: dict[str, type["Agent"]] = {}
 
@@ -32,7 +33,26 @@ class AgentConfig:
     module: str | None = None
 
     def validate(self) -> None:
-        """Raise ``runtime.errors.UserError`` naming the key for any value out of range."""
+        """Raise ``runtime.errors.UserError`` naming the key for any value out of range.
+
+        Subclasses list their checks and hand them to ``check_choices`` and ``check_ranges``::
+
+            def validate(self):
+                self.check_choices({"loss": ("huber", "mse")})
+                self.check_ranges({"learning_rate": self.learning_rate > 0, "gamma": 0 <= self.gamma <= 1})
+        """
+
+    def check_choices(self, options: dict[str, Iterable[Any]]) -> None:
+        """UserError naming ``agent.<key>`` and its choices for the first field not among its options."""
+        for key, allowed in options.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"unknown {key} {getattr(self, key)!r}", choices=list(allowed), key=f"agent.{key}")
+
+    def check_ranges(self, checks: dict[str, bool]) -> None:
+        """UserError naming ``agent.<key>`` and its value for the first failed check."""
+        for key, ok in checks.items():
+            if not ok:
+                raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
 
 
 class Agent(abc.ABC):
@@ -168,8 +188,6 @@ def available() -> list[str]:
 
 def get(name: str, module: str | None = None) -> type[Agent]:
     """The agent class registered as ``name``, importing ``agents.<name>`` (or ``module``) first."""
-    from runtime.errors import UserError
-
     if name not in _REGISTRY:
         target = module or f"agents.{name}"
         try:

@@ -19,7 +19,6 @@ from torch import nn
 from agents._offline import (
     OfflineAgent,
     OfflineConfig,
-    check_ranges,
     flat_actions,
     make_policy,
     policy_act,
@@ -37,7 +36,7 @@ class BCConfig(OfflineConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_ranges(self, {"learning_rate": self.learning_rate > 0, "max_grad_norm": self.max_grad_norm > 0})
+        self.check_ranges({"learning_rate": self.learning_rate > 0, "max_grad_norm": self.max_grad_norm > 0})
 
 
 @register("bc")

@@ -42,7 +42,6 @@ from torch import nn
 from agents._offline import (
     OfflineAgent,
     OfflineConfig,
-    check_ranges,
     flat_actions,
     make_policy,
     policy_act,
@@ -79,11 +78,8 @@ class CRRConfig(OfflineConfig):
 
     def validate(self) -> None:
         super().validate()
-        for key, allowed in (("filter", FILTERS), ("advantage_baseline", BASELINES),
-                             ("advantage_reduce", REDUCTIONS)):
-            if getattr(self, key) not in allowed:
-                raise UserError(f"unknown {key} {getattr(self, key)!r}", choices=list(allowed), key=f"agent.{key}")
-        check_ranges(self, {
+        self.check_choices({"filter": FILTERS, "advantage_baseline": BASELINES, "advantage_reduce": REDUCTIONS})
+        self.check_ranges({
             "beta": self.beta > 0, "max_weight": self.max_weight > 0, "num_action_samples": self.num_action_samples >= 1,
             "policy_learning_rate": self.policy_learning_rate > 0, "critic_learning_rate": self.critic_learning_rate > 0,
             "target_update_interval": self.target_update_interval >= 1, "tau": 0.0 < self.tau <= 1.0,

@@ -32,7 +32,6 @@ from agents._augment import Augmentation
 from agents.base import AgentConfig, ReplayAgent, linear_epsilon, register
 from agents.networks import QHead, make_torso, to_tensor, xavier_uniform_
 from replay import TransitionReplay
-from runtime.errors import UserError
 
 
 @dataclasses.dataclass
@@ -79,14 +78,11 @@ class DQNConfig(AgentConfig):
             "eps_start": 0.0 <= self.eps_start <= 1.0, "eps_end": 0.0 <= self.eps_end <= 1.0,
             "eps_fraction": 0.0 <= self.eps_fraction <= 1.0, "eps_decay_steps": self.eps_decay_steps >= 0,
             "eval_eps": 0.0 <= self.eval_eps <= 1.0,
-            "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0, "loss": self.loss in ("huber", "mse"),
+            "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
         }
-        for key, ok in checks.items():
-            if not ok:
-                raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
-        for key, choices in (("conv_padding", ["valid", "same"]), ("weight_init", ["torch", "xavier_uniform"])):
-            if getattr(self, key) not in choices:
-                raise UserError(f"unknown {key} {getattr(self, key)!r}", choices=choices, key=f"agent.{key}")
+        self.check_ranges(checks)
+        self.check_choices({"loss": ("huber", "mse"), "conv_padding": ("valid", "same"),
+                            "weight_init": ("torch", "xavier_uniform")})
 
 
 class QNetwork(nn.Module):

@@ -53,17 +53,10 @@ class DrQConfig(DQNConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.augmentation not in Augmentation.KINDS:
-            raise UserError(f"unknown augmentation {self.augmentation!r}", choices=list(Augmentation.KINDS),
-                            key="agent.augmentation")
-        if self.q_average not in ("loss", "q"):
-            raise UserError(f"unknown q_average {self.q_average!r}", choices=["loss", "q"], key="agent.q_average")
-        checks = {"image_pad": self.image_pad >= 0, "intensity_scale": self.intensity_scale >= 0,
+        self.check_choices({"augmentation": Augmentation.KINDS, "q_average": ("loss", "q")})
+        self.check_ranges({"image_pad": self.image_pad >= 0, "intensity_scale": self.intensity_scale >= 0,
                   "target_augmentations": self.target_augmentations >= 1,
-                  "q_augmentations": self.q_augmentations >= 1}
-        for key, ok in checks.items():
-            if not ok:
-                raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
+                  "q_augmentations": self.q_augmentations >= 1})
 
 
 @register("drq")

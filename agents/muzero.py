@@ -173,9 +173,7 @@ class MuZeroConfig(AgentConfig):
     def validate(self) -> None:
         choices = {"torso": ("auto", "mlp", "conv"), "algorithm": ("puct", "gumbel"), "optimizer": ("adam", "sgd"),
                    "value_bootstrap": ("search", "network"), "unvisited_value": ("zero", "parent")}
-        for key, options in choices.items():
-            if getattr(self, key) not in options:
-                raise UserError(f"unknown value {getattr(self, key)!r}", choices=list(options), key=f"agent.{key}")
+        self.check_choices(choices)
         checks = {
             "hidden": all(int(h) >= 1 for h in self.hidden), "latent_dim": self.latent_dim >= 1,
             "channels": self.channels >= 2, "blocks": self.blocks >= 0, "support_size": self.support_size >= 1,
@@ -202,9 +200,7 @@ class MuZeroConfig(AgentConfig):
             "max_grad_norm": self.max_grad_norm > 0, "priority_alpha": self.priority_alpha >= 0,
             "priority_beta": self.priority_beta >= 0,
         }
-        for key, ok in checks.items():
-            if not ok:
-                raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
+        self.check_ranges(checks)
 
 
 # ============================================================================= networks

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents._offline import OfflineAgent, OfflineConfig, check_ranges
+from agents._offline import OfflineAgent, OfflineConfig
 from agents.base import register
 from agents.dqn import QNetwork
 from agents.networks import to_tensor
@@ -42,7 +42,7 @@ class OfflineDQNConfig(OfflineConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_ranges(self, {"learning_rate": self.learning_rate > 0, "adam_eps": self.adam_eps > 0,
+        self.check_ranges({"learning_rate": self.learning_rate > 0, "adam_eps": self.adam_eps > 0,
                             "target_update_interval": self.target_update_interval >= 1,
                             "tau": 0.0 < self.tau <= 1.0, "max_grad_norm": self.max_grad_norm > 0,
                             "loss": self.loss in ("huber", "mse"), "eval_eps": 0.0 <= self.eval_eps <= 1.0})

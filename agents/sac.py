@@ -71,9 +71,7 @@ class SACConfig(AgentConfig):
     q_augmentations: int = 1                # M
 
     def validate(self) -> None:
-        if self.augmentation not in Augmentation.KINDS:
-            raise UserError(f"unknown augmentation {self.augmentation!r}", choices=list(Augmentation.KINDS),
-                            key="agent.augmentation")
+        self.check_choices({"augmentation": Augmentation.KINDS})
         checks = {
             "actor_lr": self.actor_lr > 0, "critic_lr": self.critic_lr > 0, "alpha_lr": self.alpha_lr >= 0,
             "batch_size": self.batch_size > 0, "buffer_size": self.buffer_size > 0,
@@ -88,9 +86,7 @@ class SACConfig(AgentConfig):
             "intensity_scale": self.intensity_scale >= 0, "target_augmentations": self.target_augmentations >= 1,
             "q_augmentations": self.q_augmentations >= 1, "hidden": len(self.hidden) >= 1,
         }
-        for key, ok in checks.items():
-            if not ok:
-                raise UserError(f"value {getattr(self, key)!r} is out of range", key=f"agent.{key}")
+        self.check_ranges(checks)
 
 
 # ------------------------------------------------------------------ networks

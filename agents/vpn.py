@@ -111,7 +111,8 @@ class VPNConfig(AgentConfig):
     discount_loss_weight: float = 1.0
 
     def validate(self) -> None:
-        checks = {
+        self.check_choices({"loss": ("huber", "mse")})
+        self.check_ranges({
             "learning_rate": self.learning_rate > 0,
             "learning_rate_final": self.learning_rate_final is None or self.learning_rate_final >= 0,
             "adam_eps": self.adam_eps > 0, "batch_size": self.batch_size > 0, "buffer_size": self.buffer_size > 0,
@@ -123,13 +124,9 @@ class VPNConfig(AgentConfig):
             "eps_start": 0.0 <= self.eps_start <= 1.0, "eps_end": 0.0 <= self.eps_end <= 1.0,
             "eps_fraction": 0.0 <= self.eps_fraction <= 1.0, "eval_eps": 0.0 <= self.eval_eps <= 1.0,
             "hidden": all(h > 0 for h in self.hidden), "model_hidden": self.model_hidden > 0,
-            "max_grad_norm": self.max_grad_norm > 0, "loss": self.loss in ("huber", "mse"),
+            "max_grad_norm": self.max_grad_norm > 0,
             "reward_loss_weight": self.reward_loss_weight >= 0, "discount_loss_weight": self.discount_loss_weight >= 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                hint = " (choose huber or mse)" if key == "loss" else ""
-                raise UserError(f"value {getattr(self, key)!r} is out of range{hint}", key=f"agent.{key}")
+        })
 
 
 # ---------------------------------------------------------------------------------- networks

@@ -93,3 +93,43 @@ def test_debug_shows_trace(tmp_path):
     result = run_cli("train.py", "agent=dqn", "env=cartpole", "agent.gamma=1.5", "logger=none", f"runs_root={tmp_path}", "debug=true")
     assert result.returncode != 0
     assert "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("agent, key, valid", [
+    ("dqn", "loss", "huber"), ("dqn", "conv_padding", "same"), ("vpn", "loss", "mse"), ("drq", "q_average", "q"),
+    ("drq", "augmentation", "none"), ("sac", "augmentation", "none"), ("muzero", "value_bootstrap", "search"),
+    ("alphazero", "belief_target", "optimal"), ("crr", "filter", "exp"), ("bc", "dataset_storage", "mmap"),
+])
+def test_every_choice_field_names_key_and_choices(agent, key, valid):
+    """Each agent's choice fields go through AgentConfig.check_choices: a wrong value names the key and lists
+    what would have worked; a listed value passes."""
+    from agents.base import get
+    from runtime.errors import UserError
+
+    config_cls = get(agent).Config
+    extra = {"dataset": "data.npz"} if agent in ("crr", "bc") else {}
+    with pytest.raises(UserError) as caught:
+        config_cls(**extra, **{key: "bogus"}).validate()
+    assert caught.value.key == f"agent.{key}"
+    assert "'bogus'" in str(caught.value) and valid in caught.value.choices
+    config_cls(**extra, **{key: valid}).validate()
+
+
+def test_check_ranges_reports_the_first_failed_field():
+    import dataclasses
+
+    from agents.base import AgentConfig
+    from runtime.errors import UserError
+
+    @dataclasses.dataclass
+    class MyConfig(AgentConfig):
+        rate: float = 0.1
+        steps: int = 3
+
+        def validate(self) -> None:
+            self.check_ranges({"rate": self.rate > 0, "steps": self.steps >= 1})
+
+    MyConfig().validate()
+    with pytest.raises(UserError, match=r"agent\.steps: value -2 is out of range") as caught:
+        MyConfig(steps=-2).validate()
+    assert caught.value.key == "agent.steps"

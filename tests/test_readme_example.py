@@ -42,6 +42,8 @@ def test_add_your_own_agent_example(tmp_path):
     result = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=3", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run_dir / "checkpoints" / "eval.json").read_text())["agent"] == "reinforce"
+    result = run_cli("train.py", *args, "agent.gamma=1.5", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2 and "agent.gamma: value 1.5 is out of range" in result.stderr, result.stderr[-3000:]
 
 
 def test_readme_search_example_runs():
