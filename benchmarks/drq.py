@@ -24,7 +24,9 @@ Sections (``--sections throughput,ablation,games``):
     elsewhere (``--scores boxing=19.9,19.1,21.8 ...``), next to the published
     DrQ(epsilon) aggregates; then each game's mean against the spread of the
     100 published DrQ(epsilon) runs of that game (min, 5%, median, 95%, max, and
-    the fraction of published runs below our mean).
+    the fraction of published runs below our mean). Runs whose stored config
+    departs from the atari100k protocol (e.g. no no-op starts) are grouped apart,
+    named with the settings that differ, and not counted toward the target.
 
 ``augment``
     The random shift of a replayed batch (32 stacks of 4 x 84 x 84 uint8 sliced
@@ -400,7 +402,8 @@ def games(args) -> dict:
         format_atari_table,
     )
 
-    groups = atari_final_scores(args.runs) if args.runs else {}
+    departures: dict[str, list[str]] = {}
+    groups = atari_final_scores(args.runs, departures=departures) if args.runs else {}
     if args.scores:
         groups["--scores"] = parse_scores(args.scores)
     if not groups:
@@ -421,6 +424,9 @@ def games(args) -> dict:
             print(f"{name[:14]:14s} {game:16s} {row['runs']:>4d} {row['mean']:9.1f} | {row['published_min']:9.1f} "
                   f"{row['published_p5']:9.1f} {row['published_median']:9.1f} {row['published_p95']:9.1f} "
                   f"{row['published_max']:9.1f} | {row['rank']:5.2f} {'yes' if row['within'] else 'NO'}")
+        if name in departures:   # the published runs played atari100k: other settings are not comparable
+            print(f"{name}: not counted toward the target (these runs did not play atari100k)")
+            continue
         met = sorted(g for g, row in spread.items() if row["within"] and row["runs"] >= 3)
         ratios[f"{name}/games_within_spread_3_runs"] = len(met)
         print(f"{name}: {len(met)} game(s) with at least 3 runs and the mean within the published runs' range "

@@ -72,6 +72,29 @@ def resolve_protocol(name: str, overrides: dict) -> AtariProtocol:
     return replace(PROTOCOLS[name], **given)
 
 
+def protocol_departures(env_config: dict, reference: str = "atari100k") -> list[str]:
+    """How a finished run, read from its stored ``env`` config, departs from protocol ``reference``.
+
+    Each departure reads ``setting=value``; a setting the stored config does not
+    hold at all (a run from before the setting existed, which played ale-py's
+    default then: FIRE pressed at each reset, no stack restart) reads ``setting
+    not recorded``. An empty list: the run played ``reference`` exactly.
+    """
+    name = env_config.get("protocol")
+    if name not in PROTOCOLS:
+        return [f"protocol={name}"]
+    played, expected = PROTOCOLS[name], PROTOCOLS[reference]
+    departures = []
+    for setting, wanted in asdict(expected).items():
+        if setting not in env_config:
+            departures.append(f"{setting} not recorded")
+            continue
+        value = getattr(played, setting) if env_config[setting] is None else env_config[setting]
+        if value != wanted:
+            departures.append(f"{setting}={value}")
+    return departures
+
+
 def make_atari(game: str, num_envs: int, protocol: AtariProtocol, eval_mode: bool):
     """An ale-py vector env for ``game`` under ``protocol`` (whole games when ``eval_mode``)."""
     from ale_py.vector_env import AtariVectorEnv

@@ -98,21 +98,27 @@ def plot(groups: dict[str, dict[str, Any]], metric: str, output: Path) -> Path:
 
 
 # ------------------------------------------------------------ Atari aggregates
-def atari_final_scores(paths: list[str]) -> dict[str, dict[str, list[float]]]:
+def atari_final_scores(paths: list[str], protocol: str = "atari100k",
+                       departures: dict[str, list[str]] | None = None) -> dict[str, dict[str, list[float]]]:
     """``{group: {game: [final score per run]}}`` for the Atari runs at or under each path.
 
     A run's score is the mean return of its ``eval.json`` (written by ``eval.py``,
     e.g. 100 episodes as in the DrQ(epsilon) protocol) when there is one, else its
-    final in-training evaluation (``summary.json``).
+    final in-training evaluation (``summary.json``). Runs that did not play
+    ``protocol`` exactly (``envs.atari.protocol_departures``) never share a group
+    with runs that did: they form their own, named after the path and the
+    settings that differ, and ``departures`` (when given) maps each such group to
+    those settings.
     """
     import yaml
+
+    from envs.atari import protocol_departures
 
     out: dict[str, dict[str, list[float]]] = {}
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
             raise UserError(f"compare: {raw!r} does not exist", key="compare")
-        games: dict[str, list[float]] = {}
         for run in find_runs(path):
             config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
             env = (config or {}).get("env", {})
@@ -124,10 +130,15 @@ def atari_final_scores(paths: list[str]) -> dict[str, dict[str, list[float]]]:
                 score = json.loads(eval_json.read_text()).get("mean")
             elif (run / "summary.json").is_file():
                 score = json.loads((run / "summary.json").read_text()).get("eval/return_mean")
-            if score is not None:
-                games.setdefault(str(env["game"]), []).append(float(score))
-        if games:
-            out[path.name or raw] = games
+            if score is None:
+                continue
+            differ = protocol_departures(env, protocol)
+            name = path.name or raw
+            if differ:
+                name = f"{name} (not {protocol}: {', '.join(differ)})"
+                if departures is not None:
+                    departures[name] = differ
+            out.setdefault(name, {}).setdefault(str(env["game"]), []).append(float(score))
     return out
 
 

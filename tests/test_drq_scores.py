@@ -45,10 +45,24 @@ def test_normalisation_maps_random_to_zero_and_human_to_one():
     assert np.allclose(matrix, [[0.0, 1.0], [1.0, 0.0]])
 
 
-def fake_run(root, name, game, score):
+def stored_env(game, protocol="atari100k", **changes):
+    """A run's stored ``env`` config as train.py writes it: the protocol named, every setting null (its own)."""
+    from dataclasses import fields
+
+    from envs.atari import AtariProtocol
+
+    env = {"name": f"atari-{game}", "kind": "atari", "game": game, "protocol": protocol,
+           **{f.name: None for f in fields(AtariProtocol)}}
+    env.update(changes)
+    return env
+
+
+def fake_run(root, name, game, score, env=None):
+    import yaml
+
     run = root / name
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text(f"env:\n  kind: atari\n  game: {game}\n")
+    (run / "config.yaml").write_text(yaml.safe_dump({"env": env or stored_env(game)}))
     (run / "metrics.jsonl").write_text(json.dumps({"env_steps": 100000, "eval/return_mean": score}) + "\n")
     (run / "summary.json").write_text(json.dumps({"eval/return_mean": score}))
     return run
@@ -74,6 +88,55 @@ def test_aggregate_table_and_profile_from_run_directories(tmp_path):
     assert "IQM" in format_atari_table(table)
     out = plot_performance_profile(table, tmp_path / "profile.png", reps=50)
     assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_runs_off_the_atari100k_protocol_are_grouped_apart(tmp_path):
+    """Runs from before no-op starts, or under another protocol, never mix with atari100k runs,
+    and the benchmark does not count them toward its target."""
+    from envs.atari import protocol_departures
+
+    group = tmp_path / "drq"
+    for seed, score in enumerate([7.1, 22.7, 9.0]):
+        fake_run(group, f"boxing_s{seed}", "boxing", score)
+    old = stored_env("boxing", noop_max=0)          # before FIRE and the stack restart were settings
+    del old["fire_reset"], old["life_loss_stack_restart"]
+    for seed, score in enumerate([19.9, 19.1, 21.8]):
+        fake_run(group, f"old_boxing_s{seed}", "boxing", score, env=old)
+    fake_run(group, "pong_machado", "pong", -20.0, env=stored_env("pong", protocol="machado2018"))
+    departures: dict = {}
+    found = atari_final_scores([str(group)], departures=departures)
+    old_name = "drq (not atari100k: noop_max=0, fire_reset not recorded, life_loss_stack_restart not recorded)"
+    machado_name = ("drq (not atari100k: sticky_actions=0.25, noop_max=0, life_loss_terminal=False, "
+                    "life_loss_stack_restart=False)")
+    assert found == {"drq": {"boxing": [7.1, 22.7, 9.0]}, old_name: {"boxing": [19.9, 19.1, 21.8]},
+                     machado_name: {"pong": [-20.0]}}
+    assert set(departures) == {old_name, machado_name}
+    assert protocol_departures(stored_env("boxing", noop_max=30, fire_reset=False)) == []
+    assert protocol_departures(stored_env("boxing", fire_reset=True)) == ["fire_reset=True"]
+
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "games", "--runs",
+                          str(group), "--json"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ratios = json.loads(out.stdout.strip().splitlines()[-1])["ratios"]
+    # only the atari100k group counts: boxing, mean 12.9 of 3 runs (published 3.3-18.4)
+    assert ratios == {"drq/games_within_spread_3_runs": 1}
+    assert f"{old_name}: not counted toward the target" in out.stdout
+
+
+def test_the_drq_preset_plays_atari100k_exactly():
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    from envs.atari import protocol_departures
+
+    env = OmegaConf.to_container(compose("agent=drq", "env=atari", "logger=none").env, resolve=True)
+    assert protocol_departures(env) == []
+    assert protocol_departures(env, "machado2018") == ["sticky_actions=0.0", "noop_max=30", "life_loss_terminal=True",
+                                                       "life_loss_stack_restart=True"]
 
 
 def test_find_runs_follows_links_once(tmp_path):
