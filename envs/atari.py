@@ -83,16 +83,10 @@ def protocol_departures(env_config: dict, reference: str = "atari100k") -> list[
     name = env_config.get("protocol")
     if name not in PROTOCOLS:
         return [f"protocol={name}"]
-    played, expected = PROTOCOLS[name], PROTOCOLS[reference]
-    departures = []
-    for setting, wanted in asdict(expected).items():
-        if setting not in env_config:
-            departures.append(f"{setting} not recorded")
-            continue
-        value = getattr(played, setting) if env_config[setting] is None else env_config[setting]
-        if value != wanted:
-            departures.append(f"{setting}={value}")
-    return departures
+    played = asdict(resolve_protocol(name, env_config))
+    return [f"{setting} not recorded" if setting not in env_config else f"{setting}={played[setting]}"
+            for setting, wanted in asdict(PROTOCOLS[reference]).items()
+            if setting not in env_config or played[setting] != wanted]
 
 
 def make_atari(game: str, num_envs: int, protocol: AtariProtocol, eval_mode: bool):
