@@ -25,6 +25,7 @@ their learning rewards, so logged returns are always game scores.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
@@ -72,21 +73,54 @@ def resolve_protocol(name: str, overrides: dict) -> AtariProtocol:
     return replace(PROTOCOLS[name], **given)
 
 
+# Settings that act only when a life is lost: moot in a game without lives.
+LIFE_SETTINGS = ("life_loss_terminal", "life_loss_stack_restart")
+
+
+@lru_cache(maxsize=None)
+def game_has_lives(game: str) -> bool:
+    """Whether ``game`` counts lives: ALE reports a positive count at reset or within
+    its first 64 frames (a few games, e.g. Demon Attack and Amidar, show theirs
+    only once play starts). Boxing, Freeway, Pong and Private Eye have none. An
+    unknown name, or a ROM ALE cannot load, counts as having lives."""
+    if game not in game_names():
+        return True
+    try:
+        import ale_py
+        from ale_py import roms
+
+        ale = ale_py.ALEInterface()
+        ale.setLoggerMode(ale_py.LoggerMode.Error)
+        ale.loadROM(roms.get_rom_path(game))
+    except Exception:
+        return True
+    ale.reset_game()
+    for _ in range(64):
+        if ale.lives() > 0:
+            return True
+        ale.act(0)
+    return ale.lives() > 0
+
+
 def protocol_departures(env_config: dict, reference: str = "atari100k") -> list[str]:
     """How a finished run, read from its stored ``env`` config, departs from protocol ``reference``.
 
     Each departure reads ``setting=value``; a setting the stored config does not
     hold at all (a run from before the setting existed, which played ale-py's
     default then: FIRE pressed at each reset, no stack restart) reads ``setting
-    not recorded``. An empty list: the run played ``reference`` exactly.
+    not recorded``. In a game without lives (``game_has_lives``) the life-loss
+    settings never act, and are not departures. An empty list: the run played
+    ``reference`` exactly.
     """
     name = env_config.get("protocol")
     if name not in PROTOCOLS:
         return [f"protocol={name}"]
     played = asdict(resolve_protocol(name, env_config))
+    game = env_config.get("game")
+    moot = LIFE_SETTINGS if game is not None and not game_has_lives(str(game)) else ()
     return [f"{setting} not recorded" if setting not in env_config else f"{setting}={played[setting]}"
             for setting, wanted in asdict(PROTOCOLS[reference]).items()
-            if setting not in env_config or played[setting] != wanted]
+            if setting not in moot and (setting not in env_config or played[setting] != wanted)]
 
 
 def make_atari(game: str, num_envs: int, protocol: AtariProtocol, eval_mode: bool):

@@ -98,18 +98,22 @@ def test_runs_off_the_atari100k_protocol_are_grouped_apart(tmp_path):
     group = tmp_path / "drq"
     for seed, score in enumerate([7.1, 22.7, 9.0]):
         fake_run(group, f"boxing_s{seed}", "boxing", score)
-    old = stored_env("boxing", noop_max=0)          # before FIRE and the stack restart were settings
+    old = stored_env("breakout", noop_max=0)          # before FIRE and the stack restart were settings
     del old["fire_reset"], old["life_loss_stack_restart"]
     for seed, score in enumerate([19.9, 19.1, 21.8]):
-        fake_run(group, f"old_boxing_s{seed}", "boxing", score, env=old)
-    fake_run(group, "pong_machado", "pong", -20.0, env=stored_env("pong", protocol="machado2018"))
+        fake_run(group, f"old_breakout_s{seed}", "breakout", score, env=old)
+    # Boxing has no lives: a run from before the stack restart was recorded played atari100k there
+    before_restart = stored_env("boxing", noop_max=30, fire_reset=False)
+    del before_restart["life_loss_stack_restart"]
+    fake_run(group, "boxing_s3", "boxing", 18.0, env=before_restart)
+    fake_run(group, "breakout_machado", "breakout", 9.0, env=stored_env("breakout", protocol="machado2018"))
     departures: dict = {}
     found = atari_final_scores([str(group)], departures=departures)
     old_name = "drq (not atari100k: noop_max=0, fire_reset not recorded, life_loss_stack_restart not recorded)"
     machado_name = ("drq (not atari100k: sticky_actions=0.25, noop_max=0, life_loss_terminal=False, "
                     "life_loss_stack_restart=False)")
-    assert found == {"drq": {"boxing": [7.1, 22.7, 9.0]}, old_name: {"boxing": [19.9, 19.1, 21.8]},
-                     machado_name: {"pong": [-20.0]}}
+    assert found == {"drq": {"boxing": [7.1, 22.7, 9.0, 18.0]}, old_name: {"breakout": [19.9, 19.1, 21.8]},
+                     machado_name: {"breakout": [9.0]}}
     assert set(departures) == {old_name, machado_name}
     assert protocol_departures(stored_env("boxing", noop_max=30, fire_reset=False)) == []
     assert protocol_departures(stored_env("boxing", fire_reset=True)) == ["fire_reset=True"]
@@ -122,7 +126,7 @@ def test_runs_off_the_atari100k_protocol_are_grouped_apart(tmp_path):
                           str(group), "--json"], cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     ratios = json.loads(out.stdout.strip().splitlines()[-1])["ratios"]
-    # only the atari100k group counts: boxing, mean 12.9 of 3 runs (published 3.3-18.4)
+    # only the atari100k group counts: boxing, mean 14.2 of 4 runs (published 3.3-18.4)
     assert ratios == {"drq/games_within_spread_3_runs": 1}
     assert f"{old_name}: not counted toward the target" in out.stdout
 
@@ -133,10 +137,29 @@ def test_the_drq_preset_plays_atari100k_exactly():
 
     from envs.atari import protocol_departures
 
-    env = OmegaConf.to_container(compose("agent=drq", "env=atari", "logger=none").env, resolve=True)
+    env = OmegaConf.to_container(compose("agent=drq", "env=atari", "env.game=breakout", "logger=none").env,
+                                 resolve=True)
     assert protocol_departures(env) == []
     assert protocol_departures(env, "machado2018") == ["sticky_actions=0.0", "noop_max=30", "life_loss_terminal=True",
                                                        "life_loss_stack_restart=True"]
+
+
+def test_life_loss_settings_are_moot_in_games_without_lives():
+    """Pong has no lives, so the life-loss settings are not departures there; in Breakout
+    (lives at reset) and Demon Attack (lives shown only once play starts) they are."""
+    from envs.atari import game_has_lives, protocol_departures
+
+    assert [game_has_lives(g) for g in ("pong", "boxing", "breakout", "demon_attack")] == [False, False, True, True]
+    assert game_has_lives("no_such_game")          # unknown: strict
+    for game, expected in (("pong", ["sticky_actions=0.25", "noop_max=0"]),
+                           ("demon_attack", ["sticky_actions=0.25", "noop_max=0", "life_loss_terminal=False",
+                                             "life_loss_stack_restart=False"])):
+        assert protocol_departures(stored_env(game, protocol="machado2018")) == expected
+    unrecorded = stored_env("pong")
+    del unrecorded["life_loss_stack_restart"]
+    assert protocol_departures(unrecorded) == []
+    unrecorded["game"] = "breakout"
+    assert protocol_departures(unrecorded) == ["life_loss_stack_restart not recorded"]
 
 
 def test_find_runs_follows_links_once(tmp_path):
