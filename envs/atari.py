@@ -89,8 +89,8 @@ def game_has_lives(game: str) -> bool:
         import ale_py
         from ale_py import roms
 
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)   # before the banner
         ale = ale_py.ALEInterface()
-        ale.setLoggerMode(ale_py.LoggerMode.Error)
         ale.loadROM(roms.get_rom_path(game))
     except Exception:
         return True

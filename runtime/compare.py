@@ -147,9 +147,10 @@ def atari_aggregate_table(groups: dict[str, dict[str, list[float]]], reps: int =
     """Per group: human-normalised per-game means and IQM / median / mean with stratified bootstrap CIs.
 
     Games with fewer runs than the group's most-run game are resampled down to a
-    common count (the first runs), since rliable needs a ``runs x games`` matrix.
+    common count (the first runs), since rliable needs a ``runs x games`` matrix;
+    the per-game means (``games``) use every run, and ``runs`` counts them.
     """
-    from runtime.atari_scores import aggregate, normalized_matrix
+    from runtime.atari_scores import aggregate, human_normalized, normalized_matrix
 
     table: dict[str, dict[str, Any]] = {}
     for name, games in groups.items():
@@ -157,9 +158,9 @@ def atari_aggregate_table(groups: dict[str, dict[str, list[float]]], reps: int =
         trimmed = {g: v[:runs] for g, v in games.items()}
         game_names, matrix = normalized_matrix(trimmed)
         entry: dict[str, Any] = {"runs_per_game": runs, "games": {}, "matrix": matrix}
-        for i, game in enumerate(game_names):
-            entry["games"][game] = {"score_mean": float(np.mean(trimmed[list(trimmed)[i]])),
-                                    "hns_mean": float(matrix[:, i].mean())}
+        for game, scores in zip(game_names, games.values()):
+            entry["games"][game] = {"runs": len(scores), "score_mean": float(np.mean(scores)),
+                                    "hns_mean": float(np.mean(human_normalized(game, np.asarray(scores, float))))}
         if runs >= 1:
             entry["aggregate"] = aggregate(matrix, reps=reps, seed=seed) if matrix.size > 1 else {
                 key: {"value": float(matrix.mean()), "ci_low": float(matrix.mean()), "ci_high": float(matrix.mean())}
@@ -177,7 +178,11 @@ def format_atari_table(table: dict[str, dict[str, Any]]) -> str:
                  for k in ("iqm", "median", "mean")]
         lines.append(f"{name:30s} {entry['runs_per_game']:>4d} " + " ".join(f"{c:>24s}" for c in cells))
         for game, g in entry["games"].items():
-            lines.append(f"    {game:26s} score {g['score_mean']:10.1f}   human-normalised {g['hns_mean']:7.3f}")
+            lines.append(f"    {game:26s} score {g['score_mean']:10.1f}   human-normalised {g['hns_mean']:7.3f}"
+                         f"   ({g['runs']} run{'s' if g['runs'] != 1 else ''})")
+        if any(g["runs"] != entry["runs_per_game"] for g in entry["games"].values()):
+            lines.append(f"    (the aggregate uses the first {entry['runs_per_game']} run(s) of each game: "
+                         "rliable's bootstrap needs as many runs of every game)")
     return "\n".join(lines)
 
 

@@ -82,6 +82,15 @@ def test_aggregate_table_and_profile_from_run_directories(tmp_path):
     entry = table["drq"]
     assert entry["runs_per_game"] == 3
     assert entry["games"]["boxing"]["hns_mean"] == pytest.approx(0.5)
+    # a game with more runs than the others: its mean uses them all, the aggregate the first three
+    uneven = {"drq": {"pong": scores["pong"], "boxing": scores["boxing"] + [24.1]}}
+    entry = atari_aggregate_table(uneven, reps=50)["drq"]
+    assert entry["runs_per_game"] == 3 and entry["matrix"].shape == (3, 2)
+    assert entry["games"]["boxing"]["runs"] == 4
+    assert entry["games"]["boxing"]["score_mean"] == pytest.approx(10.6)
+    all_four = human_normalized("boxing", np.array([0.1, 6.1, 12.1, 24.1]))
+    assert entry["games"]["boxing"]["hns_mean"] == pytest.approx(float(np.mean(all_four)))
+    assert "the aggregate uses the first 3 run(s)" in format_atari_table({"drq": entry})
     agg = entry["aggregate"]
     assert agg["mean"]["value"] == pytest.approx(np.mean(entry["matrix"]))
     assert agg["iqm"]["ci_low"] <= agg["iqm"]["value"] <= agg["iqm"]["ci_high"]
