@@ -42,7 +42,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         raise UserError(f"opponent={cfg.opponent!r} needs a two-player game; {settings.env.name} is single-player",
                         key="opponent")
     agent = ckpt.agent_for_acting(data, settings, env_cfg, int(cfg.seed))   # one env, acting only
-    returns = run_episodes(agent, env_cfg, int(cfg.episodes), int(cfg.num_envs), int(cfg.seed), bool(cfg.explore))
+    returns = run_episodes(agent, env_cfg, int(cfg.episodes), int(cfg.num_envs), int(cfg.seed), bool(cfg.explore),
+                           progress=True)
     stats = summarize(returns, seed=int(cfg.seed))
     out_dir = Path(data["path"]).parent
     result = {"checkpoint": data["path"], "agent": settings.agent.name, "env": settings.env.name,

@@ -8,13 +8,15 @@ import numpy as np
 
 
 def run_episodes(agent: Any, env_cfg: Mapping[str, Any], episodes: int, num_envs: int, seed: int,
-                 explore: bool = False, max_steps: int | None = None) -> np.ndarray:
+                 explore: bool = False, max_steps: int | None = None, progress: bool = False) -> np.ndarray:
     """Returns of exactly ``episodes`` whole games, spread evenly over ``num_envs`` parallel envs.
 
     Each env i plays a fixed quota of games; extra games an env starts are
-    ignored, so the sample never favours short episodes.
+    ignored, so the sample never favours short episodes. ``progress``: a live line
+    on stderr (episodes done, mean return so far, ETA), as training shows.
     """
     import envs
+    from runtime.progress import ProgressLine
 
     num_envs = max(1, min(num_envs, episodes))
     env, spec = envs.make(env_cfg, num_envs=num_envs, seed=seed, mode="eval")
@@ -26,6 +28,7 @@ def run_episodes(agent: Any, env_cfg: Mapping[str, Any], episodes: int, num_envs
     obs, _ = env.reset(seed=seed)
     limit = max_steps or (spec.max_episode_steps or 100_000) * (int(quota.max()) + 1)
     steps = 0
+    line = ProgressLine(episodes, unit="episodes", rate_unit="episodes", window=300.0) if progress else None
     while (done_count < quota).any():
         actions = agent.act(obs, explore=explore)
         obs, reward, terminated, truncated, info = env.step(actions)
@@ -36,10 +39,14 @@ def run_episodes(agent: Any, env_cfg: Mapping[str, Any], episodes: int, num_envs
                 returns.append(float(running[i]))
             done_count[i] += 1
         running[game_over] = 0.0
+        if line is not None:
+            line.update(len(returns), float(np.mean(returns)) if returns else None)
         steps += 1
         if steps > limit:
             raise RuntimeError(f"evaluation did not finish {episodes} episodes within {limit} steps")
     env.close()
+    if line is not None:
+        line.close()
     return np.asarray(returns, dtype=np.float64)
 
 

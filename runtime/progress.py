@@ -19,8 +19,9 @@ class ProgressLine:
     """
 
     def __init__(self, total: int, start: int = 0, unit: str = "env steps", interval: float = 10.0,
-                 enabled: bool = True, window: float = 120.0):
+                 enabled: bool = True, window: float = 120.0, rate_unit: str = "steps"):
         self.total, self.unit, self.interval, self.window = total, unit, interval, window
+        self.rate_unit = rate_unit
         self.samples: collections.deque[tuple[float, int]] = collections.deque([(time.perf_counter(), start)])
         self.last_print = 0.0
         self.console = Console(stderr=True)
@@ -50,15 +51,16 @@ class ProgressLine:
     def update(self, value: int, recent_return: float | None) -> None:
         rate = self.rate(value)
         ret = "return    -   " if recent_return is None or math.isnan(recent_return) else f"return {recent_return:8.2f}"
+        rate_text = f"{rate:8.0f} {self.rate_unit}/s" if rate >= 10 else f"{rate:8.2f} {self.rate_unit}/s"
         if self.progress is not None:
-            self.progress.update(self.task, completed=value, rate=f"{rate:8.0f} steps/s", ret=ret)
+            self.progress.update(self.task, completed=value, rate=rate_text, ret=ret)
             return
         now = time.perf_counter()
         if self.enabled and (now - self.last_print >= self.interval or value >= self.total):
             self.last_print = now
             eta = max(0.0, self.total - value) / rate if rate > 0 else float("inf")
             eta_text = f"{eta / 60:5.1f} min" if math.isfinite(eta) else "   ?"
-            print(f"[{value:>10,} / {self.total:,} {self.unit}] {rate:8.0f} steps/s  {ret}  ETA {eta_text}",
+            print(f"[{value:>10,} / {self.total:,} {self.unit}] {rate_text}  {ret}  ETA {eta_text}",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
