@@ -403,7 +403,8 @@ def games(args) -> dict:
     )
 
     departures: dict[str, list[str]] = {}
-    groups = atari_final_scores(args.runs, departures=departures) if args.runs else {}
+    in_training: list[str] = []
+    groups = atari_final_scores(args.runs, departures=departures, in_training=in_training) if args.runs else {}
     if args.scores:
         groups["--scores"] = parse_scores(args.scores)
     if not groups:
@@ -431,6 +432,12 @@ def games(args) -> dict:
         ratios[f"{name}/games_within_spread_3_runs"] = len(met)
         print(f"{name}: {len(met)} game(s) with at least 3 runs and the mean within the published runs' range "
               f"(target: at least 3){': ' + ', '.join(met) if met else ''}")
+    if in_training:   # the published runs are 100-episode evaluations after training
+        print(f"\n{len(in_training)} run(s) scored from their in-training evaluation, not from "
+              "`python eval.py checkpoint=<run> episodes=100` (the protocol's):")
+        for run in in_training:
+            print(f"  {run}")
+    figures["in_training_scores"] = in_training
     return {"figures": figures, "ratios": ratios}
 
 

@@ -99,7 +99,8 @@ def plot(groups: dict[str, dict[str, Any]], metric: str, output: Path) -> Path:
 
 # ------------------------------------------------------------ Atari aggregates
 def atari_final_scores(paths: list[str], protocol: str = "atari100k",
-                       departures: dict[str, list[str]] | None = None) -> dict[str, dict[str, list[float]]]:
+                       departures: dict[str, list[str]] | None = None,
+                       in_training: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     """``{group: {game: [final score per run]}}`` for the Atari runs at or under each path.
 
     A run's score is the mean return of its ``eval.json`` (written by ``eval.py``,
@@ -108,7 +109,8 @@ def atari_final_scores(paths: list[str], protocol: str = "atari100k",
     ``protocol`` exactly (``envs.atari.protocol_departures``) never share a group
     with runs that did: they form their own, named after the path and the
     settings that differ, and ``departures`` (when given) maps each such group to
-    those settings.
+    those settings. ``in_training`` (when given) collects the runs scored from their
+    in-training evaluation (few episodes) for want of an ``eval.json``.
     """
     import yaml
 
@@ -130,6 +132,8 @@ def atari_final_scores(paths: list[str], protocol: str = "atari100k",
                 score = json.loads(eval_json.read_text()).get("mean")
             elif (run / "summary.json").is_file():
                 score = json.loads((run / "summary.json").read_text()).get("eval/return_mean")
+                if score is not None and in_training is not None:
+                    in_training.append(str(run))
             if score is None:
                 continue
             differ = protocol_departures(env, protocol)

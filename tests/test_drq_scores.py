@@ -76,8 +76,11 @@ def test_aggregate_table_and_profile_from_run_directories(tmp_path):
             fake_run(group, f"{game}_s{seed}", game, 99.0 if (game, seed) == ("pong", 0) else score)
     # eval.py's 100-episode evaluation wins over the in-training one (99 in summary.json)
     (group / "pong_s0" / "checkpoints" / "eval.json").write_text(json.dumps({"mean": -20.7}))
-    found = atari_final_scores([str(group)])
+    in_training: list = []
+    found = atari_final_scores([str(group)], in_training=in_training)
     assert sorted(found["drq"]["pong"]) == sorted(scores["pong"])
+    # every run but pong_s0 was scored from its in-training evaluation
+    assert sorted(Path(r).name for r in in_training) == ["boxing_s0", "boxing_s1", "boxing_s2", "pong_s1", "pong_s2"]
     table = atari_aggregate_table(found, reps=200)
     entry = table["drq"]
     assert entry["runs_per_game"] == 3
@@ -138,6 +141,7 @@ def test_runs_off_the_atari100k_protocol_are_grouped_apart(tmp_path):
     # only the atari100k group counts: boxing, mean 14.2 of 4 runs (published 3.3-18.4)
     assert ratios == {"drq/games_within_spread_3_runs": 1}
     assert f"{old_name}: not counted toward the target" in out.stdout
+    assert "8 run(s) scored from their in-training evaluation" in out.stdout
 
 
 def test_the_drq_preset_plays_atari100k_exactly():
