@@ -39,8 +39,8 @@ def run_episodes(agent: Any, env_cfg: Mapping[str, Any], episodes: int, num_envs
                 returns.append(float(running[i]))
             done_count[i] += 1
         running[game_over] = 0.0
-        if line is not None:
-            line.update(len(returns), float(np.mean(returns)) if returns else None)
+        if line is not None and returns and np.any(game_over):   # the count and mean change only here
+            line.update(len(returns), float(np.mean(returns)))
         steps += 1
         if steps > limit:
             raise RuntimeError(f"evaluation did not finish {episodes} episodes within {limit} steps")
