@@ -23,6 +23,8 @@ from runtime.cli import run_hydra, user_errors
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Load, rebuild, play, summarise; returns what eval.json holds."""
+    import torch
+
     from runtime import checkpoint as ckpt
     from runtime.config import validate
     from runtime.errors import UserError
@@ -33,6 +35,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     overrides = OmegaConf.create({"env": OmegaConf.to_container(cfg.env), "agent": OmegaConf.to_container(cfg.agent)})
     merged = OmegaConf.merge(stored, overrides)
     merged.resume = None
+    if cfg.torch_threads is not None:   # e.g. one thread beside a training that holds the other core
+        merged.torch_threads = cfg.torch_threads
     settings = validate(merged)
     settings.run.apply_to_process()
     env_cfg = OmegaConf.to_container(merged.env, resolve=True)
@@ -48,7 +52,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     out_dir = Path(data["path"]).parent
     result = {"checkpoint": data["path"], "agent": settings.agent.name, "env": settings.env.name,
               "trained_steps": data["progress"]["steps"], "seed": int(cfg.seed), "explore": bool(cfg.explore),
-              "returns": returns.tolist(), **stats}
+              "torch_threads": torch.get_num_threads(), "returns": returns.tolist(), **stats}
     if cfg.video:
         video = record_video(agent, env_cfg, out_dir / "eval.mp4", seed=int(cfg.seed))
         result["video"] = str(video)

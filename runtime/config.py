@@ -134,6 +134,8 @@ class RunConfig:
             raise UserError("must be > 0", key="total_env_steps")
         if self.seed < 0:
             raise UserError("must be >= 0", key="seed")
+        if self.torch_threads < 0:
+            raise UserError("must be >= 0 (0 keeps torch's default)", key="torch_threads")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "auto"):
             raise UserError(f"unknown device {self.device!r}", choices=["cpu", "cuda", "cuda:N", "auto"], key="device")
 

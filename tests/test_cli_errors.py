@@ -46,6 +46,11 @@ def test_value_out_of_range_names_key(tmp_path):
     assert_usage_error(result, "agent.gamma", "out of range")
 
 
+def test_negative_thread_count_names_key(tmp_path):
+    result = run_cli("train.py", "agent=dqn", "env=cartpole", "torch_threads=-1", "logger=none", f"runs_root={tmp_path}")
+    assert_usage_error(result, "torch_threads", "must be >= 0")
+
+
 def test_wrong_type_names_key(tmp_path):
     result = run_cli("train.py", "agent=dqn", "env=cartpole", "agent.batch_size=many", "logger=none", f"runs_root={tmp_path}")
     assert_usage_error(result, "agent.batch_size")

@@ -45,13 +45,18 @@ def test_eval_is_reproducible_and_overrides_win(tiny_run):
     _, run_dir = tiny_run
     first = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=3", "seed=5")
     a = json.loads((run_dir / "checkpoints" / "eval.json").read_text())["returns"]
-    second = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=3", "seed=5", "agent.eval_eps=1.0")
-    b = json.loads((run_dir / "checkpoints" / "eval.json").read_text())["returns"]
-    third = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=3", "seed=5")
+    first_threads = json.loads((run_dir / "checkpoints" / "eval.json").read_text())["torch_threads"]
+    second = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=3", "seed=5", "agent.eval_eps=1.0",
+                     "torch_threads=2")
+    report = json.loads((run_dir / "checkpoints" / "eval.json").read_text())
+    b = report["returns"]
+    third = run_cli("eval.py", f"checkpoint={run_dir}", "episodes=3", "seed=5", "torch_threads=2")
     c = json.loads((run_dir / "checkpoints" / "eval.json").read_text())["returns"]
     assert first.returncode == second.returncode == third.returncode == 0
-    assert a == c
+    assert a == c   # the thread count changes no action
     assert a != b   # a fully random evaluation policy plays differently
+    assert first_threads == 1   # the run's own torch_threads=1
+    assert report["torch_threads"] == 2   # eval.py's torch_threads wins
 
 
 def test_multirun_and_compare(tmp_path):
