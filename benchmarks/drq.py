@@ -16,7 +16,12 @@ Sections (``--sections throughput,ablation,games``):
 ``ablation``
     Short runs of ``train.py agent=drq env=atari`` on one game: no augmentation,
     augmentation only (K = M = 1), + M = 2, + K = 2; final evaluation return and
-    wall time of each.
+    wall time of each. With ``--ablation-runs <dirs>`` it trains nothing and
+    tabulates finished runs instead (e.g. full 100k-step runs of each variant,
+    started with ``train.py`` and the variant's overrides, ``ablation_overrides``):
+    each run's variant is read from its stored config, its score as the games
+    section reads it, and the table gives each variant's runs, mean and
+    human-normalised mean per game.
 
 ``games``
     Human-normalised per-game scores and IQM / median / mean with stratified
@@ -46,6 +51,7 @@ Sections (``--sections throughput,ablation,games``):
 
     python benchmarks/drq.py --sections throughput --game pong --measure 1000 --json
     python benchmarks/drq.py --sections ablation --game boxing --ablation-steps 6000
+    python benchmarks/drq.py --sections ablation --ablation-runs runs/drq-atari-boxing
     python benchmarks/drq.py --sections augment --rounds 8
     python benchmarks/drq.py --sections breakdown --game pong --threads 2 --measure 600
     python benchmarks/drq.py --sections games --scores boxing=19.9,19.1,21.8 krull=2607,4915,4503
@@ -359,24 +365,99 @@ def augment(args) -> dict:
                         "rounds": {"shift": shift_ms, "update": update_ms}}, "ratios": ratios}
 
 
+# The ablation's variants: (augmentation, M = q_augmentations, K = target_augmentations).
 ABLATION = {
-    "no_augmentation": ["agent.augmentation=none"],
-    "augmentation_only": [],
-    "plus_M2": ["agent.q_augmentations=2"],
-    "plus_M2_K2": ["agent.q_augmentations=2", "agent.target_augmentations=2"],
+    "no_augmentation": ("none", 1, 1),
+    "augmentation_only": ("shift_intensity", 1, 1),
+    "plus_M2": ("shift_intensity", 2, 1),
+    "plus_M2_K2": ("shift_intensity", 2, 2),
 }
 
 
+def ablation_overrides(name: str) -> list[str]:
+    """``train.py`` overrides of one variant, e.g. for a full-budget run of it."""
+    augmentation, m, k = ABLATION[name]
+    return [f"agent.augmentation={augmentation}", f"agent.q_augmentations={m}", f"agent.target_augmentations={k}"]
+
+
+def ablation_variant(agent: dict) -> str:
+    """The ablation variant a run's stored ``agent`` config plays, or a name that says what it plays instead."""
+    key = (str(agent.get("augmentation", "none")), int(agent.get("q_augmentations", 1)),
+           int(agent.get("target_augmentations", 1)))
+    name = next((n for n, v in ABLATION.items() if v == key), f"augmentation={key[0]}, M={key[1]}, K={key[2]}")
+    if key[1] > 1 and agent.get("q_average", "loss") != "loss":
+        name += f" (q_average={agent['q_average']})"
+    return name
+
+
+def ablation_from_runs(paths: list[str]) -> dict:
+    """``{game: {variant: {"scores", "sources", "mean", "hns_mean"}}}`` of finished ``agent=drq`` Atari runs
+    at or under ``paths``, each scored as the games section scores it (``eval.json`` first). Runs that
+    did not play the atari100k protocol are named with the settings that differ."""
+    import yaml
+
+    from envs.atari import protocol_departures
+    from runtime.atari_scores import human_normalized
+    from runtime.compare import final_score, find_runs
+
+    out: dict = {}
+    seen: set[Path] = set()
+    for raw in paths:
+        for run in find_runs(Path(raw).expanduser()):
+            if run.resolve() in seen or not (run / "config.yaml").is_file():   # a run reached twice counts once
+                continue
+            seen.add(run.resolve())
+            config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+            env, agent = config.get("env", {}), config.get("agent", {})
+            if env.get("kind") != "atari" or agent.get("name") != "drq":
+                continue
+            score, source = final_score(run)
+            if score is None:
+                continue
+            variant = ablation_variant(agent)
+            differ = protocol_departures(env)
+            if differ:
+                variant += f" (not atari100k: {', '.join(differ)})"
+            entry = out.setdefault(str(env["game"]), {}).setdefault(variant, {"scores": [], "sources": [], "runs": []})
+            entry["scores"].append(score)
+            entry["sources"].append(source)
+            entry["runs"].append(str(run))
+    order = list(ABLATION)
+    for game, variants in out.items():
+        for entry in variants.values():
+            entry["mean"] = float(np.mean(entry["scores"]))
+            entry["hns_mean"] = float(np.mean(human_normalized(game, np.array(entry["scores"]))))
+        # the four variants in the ablation's order, anything else after them
+        out[game] = dict(sorted(variants.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order),
+                                                                  kv[0])))
+    return out
+
+
 def ablation(args) -> dict:
+    if args.ablation_runs:
+        found = ablation_from_runs(args.ablation_runs)
+        if not found:
+            raise SystemExit(f"--ablation-runs: no finished agent=drq Atari runs under {args.ablation_runs}")
+        for game, variants in found.items():
+            print(f"\nAblation on {game} from finished runs (score: eval.py's evaluation, else the last in-training one)")
+            print(f"{'variant':24s} {'runs':>4s} {'mean':>9s} {'human-norm.':>11s}  scores")
+            for variant, entry in variants.items():
+                marks = ", ".join(f"{v:.2f}" + ("*" if src == "in_training" else "")
+                                  for v, src in zip(entry["scores"], entry["sources"]))
+                print(f"{variant:24s} {len(entry['scores']):4d} {entry['mean']:9.2f} {entry['hns_mean']:11.3f}  {marks}")
+        if any(src == "in_training" for vs in found.values() for e in vs.values() for src in e["sources"]):
+            print("* scored from the run's last in-training evaluation (no eval.json): "
+                  "`python eval.py checkpoint=<run dir> episodes=100` gives the protocol's")
+        return {"figures": {"ablation_runs": found}, "ratios": {}}
     out_root = Path(args.out) / "ablation"
     results = {}
-    for name, overrides in ABLATION.items():
+    for name in ABLATION:
         runs_root = out_root / name
         start = time.perf_counter()
         cmd = [sys.executable, str(ROOT / "train.py"), "agent=drq", "env=atari", f"env.game={args.game}",
                "logger=none", f"total_env_steps={args.ablation_steps}", f"eval.interval={args.ablation_steps}",
                f"eval.episodes={args.ablation_episodes}", f"seed={args.seed}", f"torch_threads={args.threads}",
-               f"runs_root={runs_root}", *overrides]
+               f"runs_root={runs_root}", *ablation_overrides(name)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
                               env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(args.threads)})
         wall = time.perf_counter() - start
@@ -471,6 +552,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablation-steps", type=int, default=6000)
     parser.add_argument("--ablation-episodes", type=int, default=10)
+    parser.add_argument("--ablation-runs", nargs="*", default=[],
+                        help="ablation section: tabulate finished runs (any length) instead of training short ones")
     parser.add_argument("--runs", nargs="*", default=[])
     parser.add_argument("--scores", nargs="*", default=[],
                         help="games section: final scores measured elsewhere, GAME=SCORE[,SCORE...] per game")

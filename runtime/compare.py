@@ -98,6 +98,21 @@ def plot(groups: dict[str, dict[str, Any]], metric: str, output: Path) -> Path:
 
 
 # ------------------------------------------------------------ Atari aggregates
+def final_score(run: Path) -> tuple[float | None, str]:
+    """A finished run's score and where it comes from: ``"eval.py"`` (the mean return in
+    ``checkpoints/eval.json``, e.g. 100 episodes after training) when there is one, else
+    ``"in_training"`` (the last in-training evaluation in ``summary.json``); ``(None, "")``
+    for a run with neither."""
+    eval_json = run / "checkpoints" / "eval.json"
+    if eval_json.is_file():
+        score = json.loads(eval_json.read_text()).get("mean")
+        return (None, "") if score is None else (float(score), "eval.py")
+    if (run / "summary.json").is_file():
+        score = json.loads((run / "summary.json").read_text()).get("eval/return_mean")
+        return (None, "") if score is None else (float(score), "in_training")
+    return None, ""
+
+
 def atari_final_scores(paths: list[str], protocol: str = "atari100k",
                        departures: dict[str, list[str]] | None = None,
                        in_training: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
@@ -126,16 +141,11 @@ def atari_final_scores(paths: list[str], protocol: str = "atari100k",
             env = (config or {}).get("env", {})
             if env.get("kind") != "atari":
                 continue
-            score = None
-            eval_json = run / "checkpoints" / "eval.json"
-            if eval_json.is_file():
-                score = json.loads(eval_json.read_text()).get("mean")
-            elif (run / "summary.json").is_file():
-                score = json.loads((run / "summary.json").read_text()).get("eval/return_mean")
-                if score is not None and in_training is not None:
-                    in_training.append(str(run))
+            score, source = final_score(run)
             if score is None:
                 continue
+            if source == "in_training" and in_training is not None:
+                in_training.append(str(run))
             differ = protocol_departures(env, protocol)
             name = path.name or raw
             if differ:

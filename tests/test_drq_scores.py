@@ -240,3 +240,75 @@ def test_games_benchmark_sets_given_scores_beside_the_published_runs():
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "games", "--scores",
                           "boxing=a,b"], cwd=root, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "GAME=SCORE" in bad.stderr
+
+
+def load_drq_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "drq.py"
+    spec = importlib.util.spec_from_file_location("drq_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_tabulates_finished_runs_by_variant(tmp_path):
+    """``benchmarks/drq.py --sections ablation --ablation-runs``: each run's variant comes from its stored
+    agent config, its score from eval.json before summary.json; other agents are left out, a run reached
+    twice counts once, and runs off the protocol are named apart."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    bench = load_drq_benchmark()
+
+    def drq_run(name, score, game="boxing", env=None, **agent):
+        run = fake_run(tmp_path / "runs", name, game, score, env=env)
+        settings = {"name": "drq", "augmentation": "shift_intensity", "q_augmentations": 1,
+                    "target_augmentations": 1, "q_average": "loss", **agent}
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "agent": settings}))
+        return run
+
+    drq_run("none_s0", 4.0, augmentation="none")
+    drq_run("none_s1", 6.0, augmentation="none")
+    for seed, score in enumerate([7.8, 99.0, 22.1]):
+        drq_run(f"aug_s{seed}", score)
+    (tmp_path / "runs" / "aug_s1" / "checkpoints" / "eval.json").write_text(json.dumps({"mean": 27.5}))
+    drq_run("m2k2_s0", 30.0, q_augmentations=2, target_augmentations=2)
+    drq_run("m2q_s0", 12.0, q_augmentations=2, q_average="q")
+    drq_run("k3_s0", 11.0, target_augmentations=3)
+    drq_run("old_s0", 3.0, env=stored_env("boxing", noop_max=0))
+    drq_run("breakout_s0", 20.0, game="breakout")
+    dqn = fake_run(tmp_path / "runs", "dqn_s0", "boxing", 50.0)
+    (dqn / "config.yaml").write_text(yaml.safe_dump({"env": stored_env("boxing"), "agent": {"name": "dqn"}}))
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "again").symlink_to(tmp_path / "runs" / "aug_s0", target_is_directory=True)
+
+    found = bench.ablation_from_runs([str(tmp_path / "runs"), str(tmp_path / "links")])
+    boxing = found["boxing"]
+    assert list(boxing) == ["no_augmentation", "augmentation_only", "plus_M2_K2",
+                            "augmentation=shift_intensity, M=1, K=3", "augmentation_only (not atari100k: noop_max=0)",
+                            "plus_M2 (q_average=q)"]
+    assert boxing["no_augmentation"]["scores"] == [4.0, 6.0] and boxing["no_augmentation"]["mean"] == 5.0
+    aug = boxing["augmentation_only"]
+    assert sorted(aug["scores"]) == [7.8, 22.1, 27.5]   # eval.json's 27.5, not summary.json's 99; aug_s0 once
+    assert sorted(aug["sources"]) == ["eval.py", "in_training", "in_training"]
+    assert aug["hns_mean"] == pytest.approx(float(np.mean(human_normalized("boxing", np.array(aug["scores"])))))
+    assert found["breakout"] == {"augmentation_only": {**found["breakout"]["augmentation_only"], "scores": [20.0]}}
+    assert bench.ablation_overrides("plus_M2") == ["agent.augmentation=shift_intensity", "agent.q_augmentations=2",
+                                                   "agent.target_augmentations=1"]
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "ablation",
+                          "--ablation-runs", str(tmp_path / "runs"), "--json"],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Ablation on boxing" in out.stdout and "* scored from the run's last in-training evaluation" in out.stdout
+    figures = json.loads(out.stdout.strip().splitlines()[-1])["figures"]["ablation"]["ablation_runs"]
+    assert figures["boxing"]["plus_M2_K2"]["scores"] == [30.0]
+    empty = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "ablation",
+                            "--ablation-runs", str(tmp_path / "links" / "nothing")],
+                           cwd=root, capture_output=True, text=True, timeout=300)
+    assert empty.returncode != 0 and "no finished agent=drq Atari runs" in empty.stderr
