@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -90,6 +91,37 @@ def claim_run_dir(path: Path) -> Path:
         except FileExistsError:
             number += 1
             candidate = path.with_name(f"{path.name}-{number}")
+
+
+def lock_run_dir(path: Path) -> Any:
+    """Hold ``path/.lock`` (an advisory ``flock``) while this process trains in ``path``.
+
+    A second training process on the same run directory (a resume typed while the run
+    still trains) is refused before it writes anything, instead of interleaving the
+    metrics and overwriting the checkpoints. The lock ends with its process, so a
+    killed run can be resumed at once. Returns the open lock file; None where the
+    platform or file system has no ``flock`` (then nothing is locked).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(path / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise UserError(f"{path} is in use by another training process{f' (pid {holder})' if holder else ''}; "
+                        "resume it after that process stops (Ctrl-C there saves a checkpoint)", key="resume")
+    except OSError:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 class Trainer:
@@ -230,12 +262,22 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train until the budget is spent; returns the final evaluation."""
-        self.build()
+        lock = None
+        try:
+            if self.resume_data is not None:   # refused before the (slow) rebuild if the run still trains
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                lock = lock_run_dir(self.run_dir)
+            self.build()
+            if self.resume_data is None:
+                self.run_dir = claim_run_dir(self.run_dir)
+                lock = lock_run_dir(self.run_dir)
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _run(self) -> dict[str, Any]:
         s = self.settings
-        if self.resume_data is None:
-            self.run_dir = claim_run_dir(self.run_dir)
-        else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         config_dict = OmegaConf.to_container(self.cfg, resolve=True)
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         jsonl = JsonlWriter(self.run_dir / "metrics.jsonl",

@@ -72,3 +72,25 @@ def test_resume_may_extend_the_budget(tmp_path, capsys):
     stored = ckpt.load(tmp_path / "run")["config"]
     assert stored["agent"]["name"] == "dqn" and stored["agent"]["n_step"] == 3 and stored["eval"]["episodes"] == 2
     assert stored["total_env_steps"] == 2400
+
+
+def test_a_run_still_training_is_not_resumed_twice(tmp_path):
+    """A resume typed while the run still trains is refused before it writes anything (the lock is the
+    training process's); once that process lets go, the same resume goes ahead."""
+    from conftest import run_cli
+    from runtime.trainer import lock_run_dir
+
+    run = tmp_path / "run"
+    Trainer(compose(*SETTINGS), run_dir=run).run()
+    files = [run / "metrics.jsonl", run / "config.yaml", run / "summary.json", run / "checkpoints" / "latest.pt"]
+    before = [f.read_bytes() for f in files]
+    held = lock_run_dir(run)   # stands for a training process still running in the folder
+    refused = run_cli("train.py", f"resume={run}", "total_env_steps=2400")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"is in use by another training process (pid {os.getpid()})" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert [f.read_bytes() for f in files] == before
+    held.close()
+    given = [f"resume={run}", "total_env_steps=2400"]
+    assert Trainer(compose(*given), run_dir=tmp_path / "unused", overrides=given).run()["status"] == "finished"
+    assert max(r["env_steps"] for r in read_jsonl(run / "metrics.jsonl")) >= 2400
