@@ -435,6 +435,9 @@ def ablation_from_runs(paths: list[str]) -> dict:
 
 def ablation(args) -> dict:
     if args.ablation_runs:
+        missing = [raw for raw in args.ablation_runs if not Path(raw).expanduser().exists()]
+        if missing:
+            raise SystemExit(f"--ablation-runs: {', '.join(missing)} does not exist")
         found = ablation_from_runs(args.ablation_runs)
         if not found:
             raise SystemExit(f"--ablation-runs: no finished agent=drq Atari runs under {args.ablation_runs}")

@@ -308,7 +308,10 @@ def test_ablation_tabulates_finished_runs_by_variant(tmp_path):
     assert "Ablation on boxing" in out.stdout and "* scored from the run's last in-training evaluation" in out.stdout
     figures = json.loads(out.stdout.strip().splitlines()[-1])["figures"]["ablation"]["ablation_runs"]
     assert figures["boxing"]["plus_M2_K2"]["scores"] == [30.0]
-    empty = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "ablation",
-                            "--ablation-runs", str(tmp_path / "links" / "nothing")],
-                           cwd=root, capture_output=True, text=True, timeout=300)
-    assert empty.returncode != 0 and "no finished agent=drq Atari runs" in empty.stderr
+    for folder, message in ((tmp_path / "links" / "nothing", "does not exist"),
+                            (tmp_path / "empty", "no finished agent=drq Atari runs")):
+        if folder.name == "empty":
+            folder.mkdir()
+        refused = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "ablation",
+                                  "--ablation-runs", str(folder)], cwd=root, capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr[-2000:]
