@@ -31,7 +31,8 @@ Sections (``--sections throughput,ablation,games``):
     100 published DrQ(epsilon) runs of that game (min, 5%, median, 95%, max, and
     the fraction of published runs below our mean). Runs whose stored config
     departs from the atari100k protocol (e.g. no no-op starts) are grouped apart,
-    named with the settings that differ, and not counted toward the target.
+    named with the settings that differ, and not counted toward the target; so are
+    runs of other agents kept in the same folder (``<folder> [dqn]``).
 
 ``augment``
     The random shift of a replayed batch (32 stacks of 4 x 84 x 84 uint8 sliced
@@ -488,7 +489,9 @@ def games(args) -> dict:
 
     departures: dict[str, list[str]] = {}
     in_training: list[str] = []
-    groups = atari_final_scores(args.runs, departures=departures, in_training=in_training) if args.runs else {}
+    agents: dict[str, str] = {}
+    groups = (atari_final_scores(args.runs, departures=departures, in_training=in_training, agents=agents)
+              if args.runs else {})
     if args.scores:
         groups["--scores"] = parse_scores(args.scores)
     if not groups:
@@ -511,6 +514,9 @@ def games(args) -> dict:
                   f"{row['published_max']:9.1f} | {row['rank']:5.2f} {'yes' if row['within'] else 'NO'}")
         if name in departures:   # the published runs played atari100k: other settings are not comparable
             print(f"{name}: not counted toward the target (these runs did not play atari100k)")
+            continue
+        if agents.get(name, "drq") not in ("drq", "unknown agent"):   # e.g. DQN runs kept in the same folder
+            print(f"{name}: not counted toward the target (agent {agents[name]}, not drq)")
             continue
         met = sorted(g for g, row in spread.items() if row["within"] and row["runs"] >= 3)
         ratios[f"{name}/games_within_spread_3_runs"] = len(met)

@@ -115,12 +115,15 @@ def final_score(run: Path) -> tuple[float | None, str]:
 
 def atari_final_scores(paths: list[str], protocol: str = "atari100k",
                        departures: dict[str, list[str]] | None = None,
-                       in_training: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
+                       in_training: list[str] | None = None,
+                       agents: dict[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
     """``{group: {game: [final score per run]}}`` for the Atari runs at or under each path.
 
     A run's score is the mean return of its ``eval.json`` (written by ``eval.py``,
     e.g. 100 episodes as in the DrQ(epsilon) protocol) when there is one, else its
-    final in-training evaluation (``summary.json``). Runs that did not play
+    final in-training evaluation (``summary.json``). A path whose runs come from
+    several agents gives one group per agent, named ``<path> [<agent>]``, and
+    ``agents`` (when given) maps each group to its agent. Runs that did not play
     ``protocol`` exactly (``envs.atari.protocol_departures``) never share a group
     with runs that did: they form their own, named after the path and the
     settings that differ, and ``departures`` (when given) maps each such group to
@@ -136,6 +139,7 @@ def atari_final_scores(paths: list[str], protocol: str = "atari100k",
         path = Path(raw).expanduser()
         if not path.exists():
             raise UserError(f"compare: {raw!r} does not exist", key="compare")
+        found = []   # (agent, settings that differ, game, score, run)
         for run in find_runs(path):
             config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
             env = (config or {}).get("env", {})
@@ -144,15 +148,22 @@ def atari_final_scores(paths: list[str], protocol: str = "atari100k",
             score, source = final_score(run)
             if score is None:
                 continue
+            agent = str(((config or {}).get("agent") or {}).get("name") or "unknown agent")
+            found.append((agent, protocol_departures(env, protocol), str(env["game"]), score, source, run))
+        several = len({agent for agent, *_ in found}) > 1
+        for agent, differ, game, score, source, run in found:
             if source == "in_training" and in_training is not None:
                 in_training.append(str(run))
-            differ = protocol_departures(env, protocol)
             name = path.name or raw
+            if several:
+                name = f"{name} [{agent}]"
             if differ:
                 name = f"{name} (not {protocol}: {', '.join(differ)})"
                 if departures is not None:
                     departures[name] = differ
-            out.setdefault(name, {}).setdefault(str(env["game"]), []).append(float(score))
+            if agents is not None:
+                agents[name] = agent
+            out.setdefault(name, {}).setdefault(game, []).append(float(score))
     return out
 
 

@@ -315,3 +315,32 @@ def test_ablation_tabulates_finished_runs_by_variant(tmp_path):
         refused = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "ablation",
                                   "--ablation-runs", str(folder)], cwd=root, capture_output=True, text=True, timeout=300)
         assert refused.returncode != 0 and message in refused.stderr, refused.stderr[-2000:]
+
+
+def test_runs_of_other_agents_in_the_same_folder_are_grouped_and_not_counted(tmp_path):
+    """A folder holding DrQ and DQN runs of the same game gives one group per agent; only DrQ's counts
+    toward the DrQ(epsilon) target, and a folder of one agent keeps its plain name."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    mixed = tmp_path / "mixed"
+    for agent, scores in (("drq", [7.1, 12.0, 9.0]), ("dqn", [8.0, 9.0, 10.0])):
+        for seed, score in enumerate(scores):
+            run = fake_run(mixed, f"{agent}_s{seed}", "boxing", score)
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            (run / "config.yaml").write_text(yaml.safe_dump({**config, "agent": {"name": agent}}))
+    agents: dict = {}
+    found = atari_final_scores([str(mixed)], agents=agents)
+    assert found == {"mixed [drq]": {"boxing": [7.1, 12.0, 9.0]}, "mixed [dqn]": {"boxing": [8.0, 9.0, 10.0]}}
+    assert agents == {"mixed [drq]": "drq", "mixed [dqn]": "dqn"}
+    assert list(atari_final_scores([str(mixed / "drq_s0")])) == ["drq_s0"]
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "drq.py"), "--sections", "games", "--runs",
+                          str(mixed), "--json"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # both means (9.4 and 9.0) lie inside the published DrQ(eps) range; only DrQ's group counts
+    assert json.loads(out.stdout.strip().splitlines()[-1])["ratios"] == {"mixed [drq]/games_within_spread_3_runs": 1}
+    assert "mixed [dqn]: not counted toward the target (agent dqn, not drq)" in out.stdout
