@@ -395,25 +395,19 @@ def ablation_from_runs(paths: list[str]) -> dict:
     """``{game: {variant: {"scores", "sources", "mean", "hns_mean"}}}`` of finished ``agent=drq`` Atari runs
     at or under ``paths``, each scored as the games section scores it (``eval.json`` first). Runs that
     did not play the atari100k protocol are named with the settings that differ."""
-    import yaml
-
     from envs.atari import protocol_departures
     from runtime.atari_scores import human_normalized
-    from runtime.compare import final_score, find_runs
+    from runtime.compare import finished_atari_runs
 
     out: dict = {}
     seen: set[Path] = set()
     for raw in paths:
-        for run in find_runs(Path(raw).expanduser()):
-            if run.resolve() in seen or not (run / "config.yaml").is_file():   # a run reached twice counts once
+        for run, config, score, source in finished_atari_runs(Path(raw).expanduser()):
+            if run.resolve() in seen:   # a run reached twice counts once
                 continue
             seen.add(run.resolve())
-            config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-            env, agent = config.get("env", {}), config.get("agent", {})
-            if env.get("kind") != "atari" or agent.get("name") != "drq":
-                continue
-            score, source = final_score(run)
-            if score is None:
+            env, agent = config["env"], config.get("agent") or {}
+            if agent.get("name") != "drq":
                 continue
             variant = ablation_variant(agent)
             differ = protocol_departures(env)

@@ -113,6 +113,20 @@ def final_score(run: Path) -> tuple[float | None, str]:
     return None, ""
 
 
+def finished_atari_runs(path: Path):
+    """``(run, config, score, source)`` of each Atari run at or under ``path`` that has a
+    final score (:func:`final_score`); ``config`` is the run's stored ``config.yaml``."""
+    import yaml
+
+    for run in find_runs(path):
+        config = (yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}) or {}
+        if config.get("env", {}).get("kind") != "atari":
+            continue
+        score, source = final_score(run)
+        if score is not None:
+            yield run, config, score, source
+
+
 def atari_final_scores(paths: list[str], protocol: str = "atari100k",
                        departures: dict[str, list[str]] | None = None,
                        in_training: list[str] | None = None,
@@ -130,8 +144,6 @@ def atari_final_scores(paths: list[str], protocol: str = "atari100k",
     those settings. ``in_training`` (when given) collects the runs scored from their
     in-training evaluation (few episodes) for want of an ``eval.json``.
     """
-    import yaml
-
     from envs.atari import protocol_departures
 
     out: dict[str, dict[str, list[float]]] = {}
@@ -139,16 +151,10 @@ def atari_final_scores(paths: list[str], protocol: str = "atari100k",
         path = Path(raw).expanduser()
         if not path.exists():
             raise UserError(f"compare: {raw!r} does not exist", key="compare")
-        found = []   # (agent, settings that differ, game, score, run)
-        for run in find_runs(path):
-            config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-            env = (config or {}).get("env", {})
-            if env.get("kind") != "atari":
-                continue
-            score, source = final_score(run)
-            if score is None:
-                continue
-            agent = str(((config or {}).get("agent") or {}).get("name") or "unknown agent")
+        found = []   # (agent, settings that differ, game, score, source, run)
+        for run, config, score, source in finished_atari_runs(path):
+            env = config["env"]
+            agent = str((config.get("agent") or {}).get("name") or "unknown agent")
             found.append((agent, protocol_departures(env, protocol), str(env["game"]), score, source, run))
         several = len({agent for agent, *_ in found}) > 1
         for agent, differ, game, score, source, run in found:
